@@ -1,0 +1,18 @@
+# Reward-driven unlearning benchmark: every method x every task, one set of shared evaluators.
+# Read the DAG from workflow/rules/: data -> train -> generate -> evaluate -> report.
+
+configfile: "workflow/config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        expand(f"{R}/{{task}}/table.{{ext}}", task=TASKS, ext=["md", "csv", "tex"]),
+        expand(f"{R}/{{task}}/plot.png", task=TASKS),

@@ -1,0 +1,129 @@
+"""Sampling completions and packing (prefix, completion) pairs into model inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 20
+    top_p: float = 0.9
+    temperature: float = 1.0
+    do_sample: bool = True
+    batch_size: int = 50
+
+
+@dataclass
+class Packed:
+    """(prefix, completion) pairs laid out as [left pad | prefix | completion | right pad].
+
+    Every completion starts at column `prefix_len`, so the logits that predict completion
+    tokens are the `completion_len` positions before it: `logits_to_keep = completion_len + 1`.
+    """
+
+    input_ids: torch.Tensor  # [B, P + C]
+    attention_mask: torch.Tensor  # [B, P + C]
+    completion_ids: torch.Tensor  # [B, C], pad where mask is 0
+    completion_mask: torch.Tensor  # [B, C]
+    prefix_len: int
+
+    def position_ids(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = self.attention_mask if attention_mask is None else attention_mask
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def pack(prefixes: list[list[int]], completions: list[list[int]], pad_id: int) -> Packed:
+    P = max(len(p) for p in prefixes)
+    C = max(max(len(c) for c in completions), 1)
+    B = len(prefixes)
+    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + C), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prefixes, completions)):
+        input_ids[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
+        input_ids[i, P : P + len(c)] = torch.tensor(c, dtype=torch.long)
+        attention_mask[i, P - len(p) : P + len(c)] = 1
+    return Packed(input_ids, attention_mask, input_ids[:, P:], attention_mask[:, P:], P)
+
+
+def completion_logits(model: PreTrainedModel, packed: Packed, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits predicting each completion token, computed only at those positions: [B, C, V]."""
+    mask = packed.attention_mask if attention_mask is None else attention_mask
+    C = packed.completion_ids.shape[1]
+    out = model(
+        input_ids=packed.input_ids,
+        attention_mask=mask,
+        position_ids=packed.position_ids(mask),
+        logits_to_keep=C + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1]
+
+
+def _trim(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
+    """Cut a generated row after its first EOS (kept); drop right padding if pad differs from EOS."""
+    if eos_id is not None and eos_id in ids:
+        return ids[: ids.index(eos_id) + 1]
+    if pad_id is not None and pad_id != eos_id:
+        while ids and ids[-1] == pad_id:
+            ids = ids[:-1]
+    return ids
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prefixes: list[list[int]],
+    sampling: Sampling,
+    suppress_ids: list[int] | None = None,
+    desc: str = "sampling",
+) -> list[list[int]]:
+    """Sample one completion per prefix; returns the sampled token ids, never re-tokenised text."""
+    config = GenerationConfig(
+        do_sample=sampling.do_sample,
+        top_p=sampling.top_p if sampling.do_sample else None,
+        top_k=0 if sampling.do_sample else None,
+        temperature=sampling.temperature if sampling.do_sample else None,
+        max_new_tokens=sampling.max_new_tokens,
+        suppress_tokens=suppress_ids or None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    device = next(model.parameters()).device
+    out: list[list[int]] = []
+    for start in tqdm(range(0, len(prefixes), sampling.batch_size), desc=desc, unit="batch", leave=False):
+        batch = prefixes[start : start + sampling.batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(batch):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        for row in gen[:, width:].tolist():
+            out.append(_trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id))
+    return out
+
+
+def generation_records(
+    tokenizer: PreTrainedTokenizerBase, prompts: list, completions: list[list[int]], num_samples: int
+) -> list[dict]:
+    """JSONL records for `num_samples` completions per prompt, in prompt-major order."""
+    records = []
+    for k, ids in enumerate(completions):
+        prompt = prompts[k // num_samples]
+        records.append(
+            {
+                "prompt_id": prompt.id,
+                "prompt": prompt.text,
+                "sample": k % num_samples,
+                "text": tokenizer.decode(ids, skip_special_tokens=True),
+                "token_ids": ids,
+            }
+        )
+    return records

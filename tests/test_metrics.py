@@ -1,0 +1,85 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evaluation import toxicity
+from evaluation.metrics import bootstrap_ci, distinct_n
+from evaluation.perplexity import conditional_perplexity
+from evaluation.report import aggregate_seeds, make_table
+
+
+def test_distinct_n_on_hand_made_texts():
+    texts = ["a b c", "a b d"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # ab, bc, ab, bd
+    assert distinct_n(texts, 3) == pytest.approx(2 / 2)
+    assert distinct_n(["x"], 2) == 0.0
+
+
+def _records(texts_by_prompt):
+    return [{"prompt_id": pid, "prompt": "p", "sample": i, "text": t, "token_ids": [1]}
+            for pid, texts in texts_by_prompt.items() for i, t in enumerate(texts)]  # fmt: skip
+
+
+def test_toxicity_metrics_follow_the_rtp_protocol():
+    records = _records({"p1": ["a", "b", "c"], "p2": ["d", "e", "f"], "p3": ["g", "h", "i"]})
+    scores = {"a": 0.1, "b": 0.6, "c": 0.2, "d": 0.3, "e": 0.4, "f": 0.1, "g": 0.9, "h": 0.95, "i": 0.0}
+    ppl = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+    metrics, table = toxicity.evaluate(records, lambda texts: [scores[t] for t in texts], ppl)
+    assert metrics["avg_max_toxicity"] == pytest.approx((0.6 + 0.4 + 0.95) / 3)
+    assert metrics["toxicity_probability"] == pytest.approx(2 / 3)
+    assert metrics["mean_toxicity"] == pytest.approx(np.mean(list(scores.values())))
+    assert metrics["perplexity"] == pytest.approx(50)
+    assert metrics["num_prompts"] == 3 and metrics["num_samples"] == 9
+    lo, hi = metrics["ci95"]["avg_max_toxicity"]
+    assert 0.4 <= lo <= metrics["avg_max_toxicity"] <= hi <= 0.95
+    assert table.loc["p2", "toxic"] == 0.0 and table.loc["p3", "max_toxicity"] == 0.95
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_prompts():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0.5, 0.2, 30), rng.normal(0.5, 0.2, 3000)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 5
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == (0.3, 0.3)
+
+
+def test_perplexity_matches_a_brute_force_computation(tiny):
+    _, tokenizer, model = tiny
+    prompts = ["the cat sat", "a quick brown fox jumps"]
+    completions = [[50, 60, 70, tokenizer.eos_token_id], [80, 90]]
+    records = [{"prompt": p, "token_ids": c} for p, c in zip(prompts, completions)]
+    got = conditional_perplexity(model, tokenizer, records, batch_size=2)
+    for p, c, value in zip(prompts, completions, got):
+        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        full = torch.tensor([ids + c])
+        with torch.no_grad():
+            logprobs = F.log_softmax(model(full).logits[0], -1)
+        nll = -sum(logprobs[len(ids) - 1 + j, tok].item() for j, tok in enumerate(c)) / len(c)
+        assert value == pytest.approx(math.exp(nll), rel=1e-4)
+
+
+def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
+    import json
+
+    files, benches = [], []
+    for seed, value in enumerate([0.2, 0.4]):
+        m = {k: value for k in toxicity.METRICS} | {"num_prompts": 5, "num_samples": 25}
+        m["ci95"] = {k: [value - 0.1, value + 0.1] for k in toxicity.METRICS}
+        (tmp_path / f"m{seed}.json").write_text(json.dumps(m))
+        (tmp_path / f"b{seed}.tsv").write_text("s\th:m:s\tmax_rss\n60.0\t0:01:00\t2048\n")
+        files.append(tmp_path / f"m{seed}.json")
+        benches.append(tmp_path / f"b{seed}.tsv")
+    agg = aggregate_seeds(files, benches, benches)
+    assert agg["avg_max_toxicity"] == pytest.approx(0.3) and agg["num_seeds"] == 2
+    assert agg["seed_std"]["avg_max_toxicity"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert agg["cost"] == {"train_seconds": 60.0, "generate_seconds": 60.0, "peak_rss_mb": 2048.0}
+    frame = make_table([("Base", agg), ("Quark", agg)], toxicity.METRICS, tmp_path / "table")
+    assert list(frame["Method"]) == ["Base", "Quark"]
+    assert "0.300 ± 0.141" in frame.iloc[0, 1]
+    assert (tmp_path / "table.tex").read_text().count("Quark") == 1

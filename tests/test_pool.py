@@ -1,0 +1,52 @@
+import numpy as np
+
+from methods.quark.pool import Pool, Sample, assign_quantiles
+
+
+def test_quantiles_are_equal_size_and_best_first():
+    rewards = np.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
+    q = assign_quantiles(rewards, 5)
+    assert np.bincount(q, minlength=5).tolist() == [2, 2, 2, 2, 2]
+    assert set(q[rewards >= 0.8]) == {0}
+    assert set(q[rewards <= 0.1]) == {4}
+    # monotone: a higher reward never gets a worse quantile
+    order = np.argsort(-rewards)
+    assert np.all(np.diff(q[order]) >= 0)
+
+
+def test_uneven_pool_sizes_differ_by_at_most_one():
+    q = assign_quantiles(np.random.default_rng(0).random(23), 5)
+    counts = np.bincount(q, minlength=5)
+    assert counts.sum() == 23 and counts.max() - counts.min() <= 1
+
+
+def test_reranking_moves_a_sample_between_quantiles():
+    old = np.array([0.5, 0.1, 0.2, 0.3])
+    assert assign_quantiles(old, 2)[0] == 0
+    new = np.concatenate([old, [0.9, 0.8, 0.7, 0.6]])
+    assert assign_quantiles(new, 2)[0] == 1  # the same sample, now in the worse half
+
+
+def _sample(i: int, reward: float) -> Sample:
+    return Sample(f"p{i}", [1, 2, i], [3, i, 4], f"prompt {i}", f"completion {i}", reward, i % 3)
+
+
+def test_pool_round_trips_through_sqlite(tmp_path):
+    path = tmp_path / "pool.sqlite"
+    samples = [_sample(i, i / 10) for i in range(7)]
+    pool = Pool(path)
+    pool.add(samples[:4])
+    pool.add(samples[4:])
+    pool.close()
+    reopened = Pool(path)
+    assert len(reopened) == 7
+    assert reopened.samples() == samples
+
+
+def test_pool_cap_keeps_newest_and_clear_empties(tmp_path):
+    pool = Pool(tmp_path / "pool.sqlite")
+    pool.add([_sample(i, 0.5) for i in range(10)])
+    pool.keep_newest(3)
+    assert [s.prompt_id for s in pool.samples()] == ["p7", "p8", "p9"]
+    pool.clear()
+    assert len(pool) == 0

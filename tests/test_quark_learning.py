@@ -1,0 +1,39 @@
+"""Quark on the tiny model with a synthetic reward: best-token samples must beat round 0 by a wide margin."""
+
+import json
+
+import numpy as np
+
+from methods.common.data import Prompt
+from methods.common.models import encode_prompts, load_model
+from methods.common.rewards import get_reward
+from methods.common.sampling import Sampling, sample
+from methods.common.task import Task
+from methods.quark import quark
+from tests.conftest import CORPUS
+
+
+def test_quark_raises_the_reward_of_best_token_samples(tiny, tmp_path):
+    path, tokenizer, _ = tiny
+    wanted = list(range(40, 70))  # 30 of ~300 tokens: a random model emits about 10% of them
+    reward = get_reward("token_set", token_ids=wanted)
+    prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
+    task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=8))
+    hparams = dict(num_rounds=8, steps_per_round=40, prompts_per_round=20, samples_per_prompt=8, batch_size=32,
+                   lr=1e-2, warmup_steps=5, sample_batch_size=160)  # fmt: skip
+    model_dir = quark.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
+
+    stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
+    round0 = stats["rounds"][0]["explore_reward"]
+    model, tok = load_model(model_dir)
+    meta = json.loads((model_dir / quark.META_FILE).read_text())
+    ids = encode_prompts(tok, [p.text for p in prompts], 32)
+    prefixes = [[meta["reward_token_ids"][0]] + p for p in ids for _ in range(5)]
+    completions = sample(model, tok, prefixes, Sampling(max_new_tokens=8), meta["reward_token_ids"])
+    scores = np.array(reward([], [], completion_ids=completions))
+    best, stderr = scores.mean(), scores.std(ddof=1) / np.sqrt(len(scores))
+    # round 0 sits near 0.1 (30 of ~300 tokens); the best-token samples must beat it by 0.08 and by six standard
+    # errors of their own mean, which sampling noise cannot produce
+    assert round0 < 0.2
+    assert best - round0 > max(0.08, 6 * stderr), (round0, best, stderr)
+    assert not any(t in meta["reward_token_ids"] for c in completions for t in c)

@@ -1,0 +1,103 @@
+"""The DAG: a new method directory is scheduled; the test profile runs end to end; bad input fails in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import snakemake
+
+TEST = "workflow/config/test.yaml"
+
+
+def override(repo, **values) -> str:
+    path = repo / "override.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    assert "Traceback" not in out, out
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_dry_run_schedules_a_new_method_directory(repo_copy):
+    method = repo_copy / "methods" / "dummy"
+    method.mkdir()
+    (method / "method.yaml").write_text("name: Dummy\ncitation: none\ntasks: [toxicity]\nhparams: {}\n")
+    (method / "__init__.py").write_text("from methods.base import generate, train\n")
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, override(repo_copy, methods=["base", "dummy"]))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for path in ["toxicity/dummy/seed0/model.json", "toxicity/dummy/seed0/generations.jsonl",
+                 "toxicity/dummy/seed0/metrics.json", "toxicity/dummy/metrics.json"]:  # fmt: skip
+        assert f"results/test/{path}" in out, path
+    assert "toxicity/quark/" not in out
+
+
+def test_test_profile_runs_end_to_end(repo_copy):
+    result = snakemake(repo_copy, "all", "--configfile", TEST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = repo_copy / "results" / "test" / "toxicity"
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["method"]) == ["Base model", "Quark", "Quark (worst-quantile token)"]
+    assert table["avg_max_toxicity"].between(0, 1).all() and (table["perplexity"] > 1).all()
+    assert (table["train_seconds"] > 0).all() and (table["peak_rss_mb"] > 0).all()
+    assert "Quark (worst-quantile token)" in (out / "table.md").read_text()
+    assert (out / "table.tex").read_text().startswith("\\begin{tabular}")
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((out / "quark" / "seed0" / "metrics.json").read_text())
+    assert metrics["num_prompts"] == 6 and metrics["num_samples"] == 18
+    records = [json.loads(line) for line in (out / "quark" / "seed0" / "generations.jsonl").open()]
+    assert {"prompt_id", "sample", "text", "token_ids"} <= set(records[0])
+    stats = json.loads((out / "quark" / "seed0" / "train_stats.json").read_text())
+    assert len(stats["rounds"]) == 2 and stats["rounds"][1]["pool_size"] == 40
+    # a second run has nothing left to do
+    again = snakemake(repo_copy, "all", "--configfile", TEST, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def write(repo, name, text):
+    path = repo / "data" / name
+    path.write_text(text)
+    return f"data/{name}"
+
+
+BAD_INPUTS = {
+    "schema": (lambda r: {"eval": {"num_samples": "many"}}, ["eval/num_samples", "override.yaml"]),
+    "unknown method": (lambda r: {"methods": ["base", "nope"]}, ["unknown method 'nope'"]),
+    "unknown task": (lambda r: {"tasks": ["nope"]}, ["unknown task 'nope'"]),
+    "missing prompts": (lambda r: {"data": {"toxicity": {"eval_prompts": "data/none.jsonl"}}},
+                        ["prompts file not found", "data/none.jsonl"]),
+    "bad json line": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "bad.jsonl", '{"prompt": "a"}\n{oops\n')}}},
+                      ["data/bad.jsonl:2", "not valid JSON"]),
+    "no prompt": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "np.jsonl", '{"prompt": "a"}\n{"text": "b"}\n')}}},
+                  ["data/np.jsonl:2", "no prompt"]),
+    "empty prompts": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "empty.jsonl", "\n")}}},
+                      ["data/empty.jsonl", "no prompts"]),
+    "model path": (lambda r: {"base_model": "path:/no/such/model"}, ["model directory not found", "/no/such/model"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_in_one_line(repo_copy, case):
+    make, needles = BAD_INPUTS[case]
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, override(repo_copy, **make(repo_copy)))
+    assert_one_line_error(result, *needles)
+
+
+def test_method_without_entry_points_fails_in_one_line(repo_copy):
+    method = repo_copy / "methods" / "broken"
+    method.mkdir()
+    (method / "method.yaml").write_text("name: Broken\ntasks: [toxicity]\n")
+    (method / "__init__.py").write_text("def train(*a, **k):\n    pass\n")
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST)
+    assert_one_line_error(result, "methods/broken/__init__.py", "generate")

@@ -1,0 +1,141 @@
+# Config validation, method discovery and the helpers every rule file uses.
+import ast
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+KNOWN_TASKS = ["toxicity"]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+CONFIG_FILES = ", ".join(str(p) for p in (workflow.overwrite_configfiles or ["workflow/config/config.yaml"]))
+
+
+def fail(message):
+    """A one-line error and exit status 1, before any job runs."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check_config():
+    """Validate with jsonschema for a precise one-line message, then let Snakemake fill in the defaults."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        fail(f"{CONFIG_FILES}: config key '{where}': {error.message} (schema: workflow/schemas/config.schema.yaml)")
+    validate(config, "../schemas/config.schema.yaml")
+
+
+check_config()
+
+
+def discover_methods(root="methods"):
+    """Every methods/<name>/method.yaml; its __init__.py must define or import `train` and `generate`."""
+    found = {}
+    for path in sorted(Path(workflow.basedir, root).glob("*/method.yaml")):
+        name = path.parent.name
+        try:
+            spec = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            fail(f"{path}: not valid YAML ({str(exc).splitlines()[0]})")
+        init = path.parent / "__init__.py"
+        if not init.is_file():
+            fail(f"{init}: missing; a method directory needs a Python module with train() and generate()")
+        names = set()
+        for node in ast.parse(init.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update(a.asname or a.name.split(".")[-1] for a in node.names)
+            elif isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        missing = [e for e in ("train", "generate") if e not in names]
+        if missing:
+            fail(f"{init}: method '{name}' lacks its entry point(s) {', '.join(missing)}")
+        for key in ("name", "tasks"):
+            if key not in spec:
+                fail(f"{path}: missing '{key}'")
+        found[name] = spec
+    return found
+
+
+METHODS = discover_methods()
+PROFILE = config["profile"]
+R = f"{config['results_dir'].rstrip('/')}/{PROFILE}"
+TASKS = config["tasks"]
+SEEDS = config["seeds"]
+
+def check_prompts(task):
+    """Read the task's prompt files now (they are small), so a bad line fails before any job runs."""
+    sys.path.insert(0, workflow.basedir)
+    from methods.common.data import read_prompts, select_prompts
+    from methods.common.errors import SuiteError
+
+    d = config["data"][task]
+    try:
+        for split in ("train", "eval"):
+            path = d[f"{split}_prompts"]
+            select_prompts(read_prompts(path), None, 0, d.get(f"{split}_min_prompt_toxicity"),
+                           d.get(f"{split}_max_prompt_toxicity"), path)
+    except SuiteError as exc:
+        fail(str(exc))
+
+
+for task in TASKS:
+    if task not in KNOWN_TASKS:
+        fail(f"{CONFIG_FILES}: unknown task '{task}' (known: {', '.join(KNOWN_TASKS)})")
+    if task not in config["data"]:
+        fail(f"{CONFIG_FILES}: no data.{task} section for task '{task}'")
+    for key in ("train_prompts", "eval_prompts"):
+        if not Path(config["data"][task][key]).is_file():
+            fail(f"{CONFIG_FILES}: data.{task}.{key}: prompts file not found: {config['data'][task][key]}")
+    check_prompts(task)
+if config["base_model"].startswith("path:") and not Path(config["base_model"][5:], "config.json").is_file():
+    fail(f"{CONFIG_FILES}: base_model: model directory not found (no config.json): {config['base_model'][5:]}")
+
+
+def split_row(row):
+    """'quark-worst' -> ('quark', 'worst'); 'quark' -> ('quark', None)."""
+    method, _, variant = row.partition("-")
+    return method, (variant or None)
+
+
+for row in config["methods"]:
+    method, variant = split_row(row)
+    if method not in METHODS:
+        fail(f"{CONFIG_FILES}: unknown method '{method}' (found in methods/: {', '.join(METHODS)})")
+    if variant and variant not in (METHODS[method].get("variants") or {}):
+        fail(f"{CONFIG_FILES}: method '{method}' has no variant '{variant}' in methods/{method}/method.yaml")
+
+
+def rows_for(task):
+    return [r for r in config["methods"] if task in METHODS[split_row(r)[0]]["tasks"]]
+
+
+def hparams(method):
+    """method.yaml's hyperparameters for this profile, then the config's `hparams.<method>` on top."""
+    spec = METHODS[method].get("hparams") or {}
+    return {**(spec.get(PROFILE) or {}), **(config.get("hparams", {}).get(method) or {})}
+
+
+def display_name(row):
+    method, variant = split_row(row)
+    if variant:
+        return METHODS[method]["variants"][variant].get("name", f"{METHODS[method]['name']} ({variant})")
+    return METHODS[method]["name"]
+
+
+def heavy_threads():
+    """Model jobs take every core: one at a time, so the benchmark files time each job alone."""
+    return workflow.cores
+
+
+wildcard_constraints:
+    task="[a-z][a-z0-9_-]*",
+    method="[a-z][a-z0-9_]*",
+    row="[a-z][a-z0-9_]*(-[a-z0-9_]+)?",
+    seed="[0-9]+",

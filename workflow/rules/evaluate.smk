@@ -1,0 +1,32 @@
+# Score generations with the task's shared evaluator; then average over seeds.
+
+
+rule evaluate:
+    input:
+        generations=f"{R}/{{task}}/{{row}}/seed{{seed}}/generations.jsonl",
+        base=f"{R}/base_model",
+    output:
+        metrics=f"{R}/{{task}}/{{row}}/seed{{seed}}/metrics.json",
+        per_prompt=f"{R}/{{task}}/{{row}}/seed{{seed}}/per_prompt.csv",
+    params:
+        scorer=lambda w: config["scorers"][w.task],
+        eval=config["eval"],
+        device=config["device"],
+    threads: heavy_threads()
+    resources:
+        mem_mb=6000,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule aggregate_seeds:
+    input:
+        metrics=expand(f"{R}/{{{{task}}}}/{{{{row}}}}/seed{{seed}}/metrics.json", seed=SEEDS),
+        train=lambda w: expand(f"{R}/{w.task}/{split_row(w.row)[0]}/seed{{seed}}/train.benchmark.tsv", seed=SEEDS),
+        generate=expand(f"{R}/{{{{task}}}}/{{{{row}}}}/seed{{seed}}/generate.benchmark.tsv", seed=SEEDS),
+    output:
+        f"{R}/{{task}}/{{row}}/metrics.json",
+    params:
+        name=lambda w: display_name(w.row),
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,23 @@
+# Generate (task, row, seed): N samples per eval prompt from the row's trained model.
+
+
+rule generate:
+    input:
+        model=lambda w: f"{R}/{w.task}/{split_row(w.row)[0]}/seed{w.seed}/model.json",
+        prompts=f"{R}/data/{{task}}/eval.jsonl",
+    output:
+        f"{R}/{{task}}/{{row}}/seed{{seed}}/generations.jsonl",
+    params:
+        method=lambda w: split_row(w.row)[0],
+        variant=lambda w: (METHODS[split_row(w.row)[0]].get("variants") or {}).get(split_row(w.row)[1] or "", {}).get("generate", {}),
+        hparams=lambda w: hparams(split_row(w.row)[0]),
+        eval=config["eval"],
+        device=config["device"],
+    threads: heavy_threads()
+    resources:
+        mem_mb=6000,
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    benchmark:
+        f"{R}/{{task}}/{{row}}/seed{{seed}}/generate.benchmark.tsv"
+    script:
+        "../scripts/generate.py"

@@ -1,0 +1,22 @@
+# Train (task, method, seed): the method's train() writes its model; model.json points at it.
+
+
+rule train:
+    input:
+        base=f"{R}/base_model",
+        prompts=f"{R}/data/{{task}}/train.jsonl",
+    output:
+        f"{R}/{{task}}/{{method}}/seed{{seed}}/model.json",
+    params:
+        hparams=lambda w: hparams(w.method),
+        reward=lambda w: config["reward"][w.task],
+        eval=config["eval"],
+        device=config["device"],
+    threads: heavy_threads()
+    resources:
+        mem_mb=12000,
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    benchmark:
+        f"{R}/{{task}}/{{method}}/seed{{seed}}/train.benchmark.tsv"
+    script:
+        "../scripts/train.py"
