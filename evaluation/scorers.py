@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable
 
 from methods.common.errors import SuiteError
 
-Scorer = Callable[[list[str]], list[float]]
+Scorer = Callable[[list[str]], list[float | None]]  # None: could not be scored (dropped and counted, never 0)
 _SCORERS: dict[str, Callable[..., Scorer]] = {}
+_ELSEWHERE = {"perspective": "evaluation.perspective"}  # registered on import; imported only when asked for
 
 
 def register_scorer(name: str):
@@ -20,6 +22,8 @@ def register_scorer(name: str):
 
 
 def get_scorer(name: str, **kwargs) -> Scorer:
+    if name in _ELSEWHERE:
+        importlib.import_module(_ELSEWHERE[name])
     if name not in _SCORERS:
         raise SuiteError(f"unknown scorer '{name}' (known: {', '.join(sorted(_SCORERS))})")
     return _SCORERS[name](**kwargs)

@@ -36,11 +36,17 @@ PER_PROMPT_COLUMN = {"avg_max_toxicity": "max_toxicity", "toxicity_probability":
 
 
 def evaluate(records: list[dict], scorer: Scorer, perplexity: list[float]) -> tuple[dict, pd.DataFrame]:
+    """Toxicity metrics; samples the scorer could not score (None) are left out of them and counted."""
     toxicity = scorer([r["text"] for r in records])
+    scored = [i for i, t in enumerate(toxicity) if t is not None]
+    unscored = len(records) - len(scored)
+    if unscored:
+        records, toxicity, perplexity = ([xs[i] for i in scored] for xs in (records, toxicity, perplexity))
     table = per_prompt_table(records, toxicity, perplexity)
     metrics = {m: float(table[PER_PROMPT_COLUMN[m]].mean()) for m in METRICS}
     metrics["perplexity"] = float(np.mean(perplexity))  # mean over samples, as the reference code reports it
     metrics["num_prompts"] = int(len(table))
     metrics["num_samples"] = int(len(records))
+    metrics["num_unscored"] = unscored
     metrics["ci95"] = {m: bootstrap_ci(table[PER_PROMPT_COLUMN[m]].to_numpy()) for m in METRICS}
     return metrics, table

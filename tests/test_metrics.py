@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +84,25 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
     assert list(frame["Method"]) == ["Base", "Quark"]
     assert "0.300 ± 0.141" in frame.iloc[0, 1]
     assert (tmp_path / "table.tex").read_text().count("Quark") == 1
+
+
+def test_compare_flags_values_outside_the_reference_interval(tmp_path):
+    from evaluation.compare import compare
+
+    for name, value in [("reference", 0.30), ("rerun", 0.45)]:
+        (tmp_path / name / "toxicity").mkdir(parents=True)
+        pd.DataFrame(
+            {"method": ["Base", "Quark"], "avg_max_toxicity": [0.5, value], "avg_max_toxicity_ci_low": [0.4, 0.25],
+             "avg_max_toxicity_ci_high": [0.6, 0.35]}  # fmt: skip
+        ).to_csv(tmp_path / name / "toxicity" / "table.csv", index=False)
+    frame = compare(tmp_path / "rerun", tmp_path / "reference")
+    assert frame.set_index("method")["outside_ci"].to_dict() == {"Base": False, "Quark": True}
+
+
+def test_unscored_samples_are_left_out_and_counted():
+    records = _records({"p1": ["a", "b"], "p2": ["c", "d"]})
+    scores = {"a": 0.9, "b": None, "c": None, "d": 0.2}
+    metrics, _ = toxicity.evaluate(records, lambda texts: [scores[t] for t in texts], [10, 20, 30, 40])
+    assert metrics["num_unscored"] == 2 and metrics["num_samples"] == 2
+    assert metrics["avg_max_toxicity"] == pytest.approx((0.9 + 0.2) / 2)
+    assert metrics["perplexity"] == pytest.approx(25)

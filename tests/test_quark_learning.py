@@ -3,8 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 
 from methods.common.data import Prompt
+from methods.common.errors import SuiteError
 from methods.common.models import encode_prompts, load_model
 from methods.common.rewards import get_reward
 from methods.common.sampling import Sampling, sample
@@ -37,3 +39,36 @@ def test_quark_raises_the_reward_of_best_token_samples(tiny, tmp_path):
     assert round0 < 0.2
     assert best - round0 > max(0.08, 6 * stderr), (round0, best, stderr)
     assert not any(t in meta["reward_token_ids"] for c in completions for t in c)
+
+
+def test_unscored_samples_are_dropped_and_counted_never_scored_zero(tiny, tmp_path):
+    path, _, _ = tiny
+
+    def every_other(prompts, completions, **kwargs):
+        return [None if i % 2 else 0.5 for i in range(len(completions))]
+
+    prompts = [Prompt(f"p{i}", t, {}) for i, t in enumerate(CORPUS[:4])]
+    task = Task("synthetic", prompts, every_other, Sampling(max_new_tokens=4))
+    hparams = dict(num_rounds=2, steps_per_round=1, prompts_per_round=4, samples_per_prompt=3, batch_size=2)
+    quark.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
+    stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
+    assert stats["dropped_unscored"] == 12  # 2 rounds x 12 samples, half unscored
+    assert [r["pool_size"] for r in stats["rounds"]] == [6, 12]
+    pool = quark.Pool(tmp_path / "run" / "pool.sqlite")
+    assert {s.reward for s in pool.samples()} == {0.5}
+
+
+def test_adaptive_kl_controller_moves_beta_toward_the_target():
+    high, low, fixed = quark.KLController(0.05, 3.0, 100), quark.KLController(0.05, 3.0, 100), quark.KLController(0.05)
+    high.update(kl=10.0, n_samples=10)
+    low.update(kl=1.0, n_samples=10)
+    fixed.update(kl=10.0, n_samples=10)
+    assert high.value == pytest.approx(0.05 * (1 + 0.2 * 10 / 100))  # error clipped at +0.2
+    assert low.value < 0.05 and fixed.value == 0.05
+
+
+def test_an_all_unscored_round_is_a_clear_error(tiny, tmp_path):
+    path, _, _ = tiny
+    task = Task("synthetic", [Prompt("p", "the cat", {})], lambda p, c, **k: [None] * len(c), Sampling(max_new_tokens=3))
+    with pytest.raises(SuiteError, match="round 0: the pool is empty"):
+        quark.train(task, path, tmp_path / "run", dict(num_rounds=1, steps_per_round=1), seed=0, device="cpu")

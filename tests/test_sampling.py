@@ -54,5 +54,12 @@ def test_generation_conditions_on_the_chosen_quantile(tiny, tmp_path, monkeypatc
         assert seen["first"] == {expected}
         assert sorted(seen["suppress"]) == sorted(ids)
     records = read_jsonl(tmp_path / "g.jsonl")
-    assert [(r["prompt_id"], r["sample"]) for r in records] == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    assert [(r["prompt_id"], r["sample"]) for r in records] == [
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+        ("b", 2),
+    ]
     assert all(r["token_ids"] == [1, 2] for r in records)

@@ -17,7 +17,14 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
 
 
 def generate(
-    model_dir: Path, prompts: list[Prompt], num_samples: int, sampling: Sampling, out_path: Path, *, seed: int, device: str
+    model_dir: Path,
+    prompts: list[Prompt],
+    num_samples: int,
+    sampling: Sampling,
+    out_path: Path,
+    *,
+    seed: int,
+    device: str,
 ) -> None:
     model, tokenizer = load_model(model_dir, device)
     generate_jsonl(model, tokenizer, prompts, num_samples, sampling, out_path, seed)

@@ -56,7 +56,9 @@ def tiny_tokenizer(corpus: list[str], vocab_size: int = 384) -> PreTrainedTokeni
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
 
 
-def tiny_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden: int = 64, layers: int = 2) -> LlamaForCausalLM:
+def tiny_model(
+    tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden: int = 64, layers: int = 2
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -138,7 +140,10 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_len
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     too_long = sum(len(x) > max_length for x in ids)
     if too_long:
-        warnings.warn(f"{too_long} of {len(ids)} prompts exceed {max_length} tokens and were truncated from the left")
+        warnings.warn(
+            f"{too_long} of {len(ids)} prompts exceed {max_length} tokens and were truncated from the left",
+            stacklevel=2,
+        )
     return [x[-max_length:] if len(x) > max_length else x for x in ids]
 
 

@@ -49,14 +49,14 @@ def score_rewards(reward: Reward, prompts: list[str], completions: list[str], **
 
 
 @register_reward("toxicity")
-def nontoxicity(scorer: str = "profanity_check") -> Reward:
+def nontoxicity(scorer: str = "profanity_check", scorer_args: dict | None = None) -> Reward:
     """1 - toxicity of the completion, as Quark's toxicity reward (the reference code scores continuations)."""
     from evaluation.scorers import get_scorer
 
-    toxicity = get_scorer(scorer)
+    toxicity = get_scorer(scorer, **(scorer_args or {}))
 
     def nontoxicity(prompts: list[str], completions: list[str], **kwargs) -> list[float | None]:
-        return [1.0 - t for t in toxicity(completions)]
+        return [None if t is None else 1.0 - t for t in toxicity(completions)]
 
     return nontoxicity
 

@@ -50,7 +50,9 @@ def pack(prefixes: list[list[int]], completions: list[list[int]], pad_id: int) -
     return Packed(input_ids, attention_mask, input_ids[:, P:], attention_mask[:, P:], P)
 
 
-def completion_logits(model: PreTrainedModel, packed: Packed, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def completion_logits(
+    model: PreTrainedModel, packed: Packed, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits predicting each completion token, computed only at those positions: [B, C, V]."""
     mask = packed.attention_mask if attention_mask is None else attention_mask
     C = packed.completion_ids.shape[1]

@@ -44,7 +44,15 @@ class Pool:
 
     def add(self, samples: list[Sample]) -> None:
         rows = [
-            (s.prompt_id, json.dumps(s.prompt_ids), json.dumps(s.completion_ids), s.prompt, s.completion, s.reward, s.round)
+            (
+                s.prompt_id,
+                json.dumps(s.prompt_ids),
+                json.dumps(s.completion_ids),
+                s.prompt,
+                s.completion,
+                s.reward,
+                s.round,
+            )
             for s in samples
         ]
         with self.db:

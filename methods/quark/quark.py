@@ -1,11 +1,11 @@
 """Quark: Quantized Reward Konditioning (Lu et al., NeurIPS 2022).
 
-    for round r = 0 .. R-1:
-        explore   sample completions: the frozen reference p0 at r = 0, else the policy given the best reward token
-        score     reward each sample; add it to the pool (samples whose reward is None are dropped and counted)
-        quantize  re-rank the whole pool into K equal quantiles; quantile k is marked by reward token r_k (r_0 best)
-        learn     minimise NLL + beta * KL(pi(.|r_k, x, y<t) || p0(.|x, y<t)) - alpha * H(pi) on completion tokens
-    generate conditioned on r_0 (or any r_k: the trained model is a dial)
+for round r = 0 .. R-1:
+    explore   sample completions: the frozen reference p0 at r = 0, else the policy given the best reward token
+    score     reward each sample; add it to the pool (samples whose reward is None are dropped and counted)
+    quantize  re-rank the whole pool into K equal quantiles; quantile k is marked by reward token r_k (r_0 best)
+    learn     minimise NLL + beta * KL(pi(.|r_k, x, y<t) || p0(.|x, y<t)) - alpha * H(pi) on completion tokens
+generate conditioned on r_0 (or any r_k: the trained model is a dial)
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class QuarkConfig:
     num_quantiles: int = field(default=5, metadata={"help": "K, the number of reward quantiles and reward tokens"})
     num_rounds: int = field(default=6, metadata={"help": "exploration rounds (the reference samples every 500 steps)"})
     steps_per_round: int = field(default=500, metadata={"help": "gradient steps between two explorations"})
-    prompts_per_round: int | None = field(default=None, metadata={"help": "train prompts explored each round (None: all)"})
+    prompts_per_round: int | None = field(
+        default=None, metadata={"help": "train prompts explored each round (None: all)"}
+    )
     samples_per_prompt: int = field(default=1, metadata={"help": "completions sampled per prompt per round"})
     explore_top_p: float = field(default=1.0, metadata={"help": "nucleus top-p while exploring (reference: 1.0)"})
     batch_size: int = field(default=128, metadata={"help": "sequences per gradient step"})
@@ -58,7 +60,9 @@ class QuarkConfig:
     clear_pool_each_round: bool = field(default=False, metadata={"help": "drop earlier rounds' samples each round"})
     max_prompt_tokens: int = field(default=64, metadata={"help": "prompts are cut from the left to this length"})
     sample_batch_size: int = field(default=64, metadata={"help": "sequences per generate() call while exploring"})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for forward passes (fast on CPUs with AVX-512 BF16)"})
+    bf16: bool = field(
+        default=False, metadata={"help": "bfloat16 autocast for forward passes (fast on CPUs with AVX-512 BF16)"}
+    )
 
 
 class KLController:
@@ -104,7 +108,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def quark_loss(
-    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, kl_coef: float, entropy_coef: float
+    logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    entropy_coef: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Quark's objective on completion tokens.
 
@@ -144,10 +153,15 @@ class Trainer:
         self.reward_ids = add_reward_tokens(self.policy, self.tokenizer, cfg.num_quantiles)
         self.prompts = task.train_prompts
         self.prompt_ids = encode_prompts(self.tokenizer, [p.text for p in self.prompts], cfg.max_prompt_tokens)
-        self.pool = Pool(self.out_dir / "pool.sqlite")
+        pool_path = self.out_dir / "pool.sqlite"
+        for stale in (pool_path, pool_path.with_name("pool.sqlite-wal"), pool_path.with_name("pool.sqlite-shm")):
+            stale.unlink(missing_ok=True)  # a fresh job starts a fresh pool; resuming one is issue 6's checkpointing
+        self.pool = Pool(pool_path)
         total_steps = cfg.num_rounds * cfg.steps_per_round
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, min(cfg.warmup_steps, total_steps), total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, min(cfg.warmup_steps, total_steps), total_steps
+        )
         self.kl_ctl = KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.horizon)
         self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         self.stats = {"dropped_unscored": 0, "explore_tokens": 0, "explore_seconds": 0.0, "train_sequences": 0,
@@ -196,6 +210,8 @@ class Trainer:
     def learn(self, rnd: int) -> dict[str, float]:
         cfg = self.cfg
         pool = self.pool.samples()
+        if not pool:
+            raise SuiteError(f"round {rnd}: the pool is empty (the reward returned None for every sample)")
         quantiles = assign_quantiles(np.array([s.reward for s in pool]), cfg.num_quantiles)
         for k in range(cfg.num_quantiles):
             in_k = [s.reward for s, q in zip(pool, quantiles) if q == k]
@@ -291,4 +307,6 @@ def generate(
     k = {"best": meta["best_quantile"], "worst": len(ids) - 1}.get(quantile, quantile)
     if not isinstance(k, int) or not 0 <= k < len(ids):
         raise SuiteError(f"quantile must be 'best', 'worst' or 0..{len(ids) - 1}, got {quantile!r}")
-    generate_jsonl(model, tokenizer, prompts, num_samples, sampling, out_path, seed, prefix_ids=[ids[k]], suppress_ids=ids)
+    generate_jsonl(
+        model, tokenizer, prompts, num_samples, sampling, out_path, seed, prefix_ids=[ids[k]], suppress_ids=ids
+    )

@@ -1,0 +1,54 @@
+"""Compare a rerun's tables with the committed reference, metric by metric.
+
+    python -m evaluation.compare results/mini results/reference/mini
+
+For every task table and method row in both, prints the reference value with its 95% interval and the rerun's
+value, and flags a rerun value outside the reference interval. Exit status 1 if any is flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from methods.common.errors import SuiteError, run_cli
+
+
+def compare(run_dir: Path, reference_dir: Path) -> pd.DataFrame:
+    rows = []
+    tables = sorted(reference_dir.glob("*/table.csv"))
+    if not tables:
+        raise SuiteError(f"{reference_dir}: no */table.csv to compare with")
+    for ref_path in tables:
+        task = ref_path.parent.name
+        run_path = run_dir / task / "table.csv"
+        if not run_path.is_file():
+            raise SuiteError(f"{run_path}: missing (the reference has task '{task}')")
+        ref, run = pd.read_csv(ref_path).set_index("method"), pd.read_csv(run_path).set_index("method")
+        metrics = [c[: -len("_ci_low")] for c in ref.columns if c.endswith("_ci_low")]
+        for method in ref.index.intersection(run.index):
+            for m in metrics:
+                lo, hi, value = ref.at[method, f"{m}_ci_low"], ref.at[method, f"{m}_ci_high"], run.at[method, m]
+                rows.append({"task": task, "method": method, "metric": m, "reference": ref.at[method, m],
+                             "ci_low": lo, "ci_high": hi, "rerun": value, "outside_ci": not lo <= value <= hi})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a rerun's {results_dir}/{profile}")
+    parser.add_argument("reference_dir", type=Path, help="e.g. results/reference/mini")
+    args = parser.parse_args()
+    frame = compare(args.run_dir, args.reference_dir)
+    print(frame.to_markdown(index=False, floatfmt=".4f"))
+    flagged = int(frame["outside_ci"].sum())
+    print(f"\n{flagged} of {len(frame)} values outside the reference's 95% interval")
+    if flagged:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli(main)
