@@ -92,8 +92,12 @@ def test_compare_flags_values_outside_the_reference_interval(tmp_path):
     for name, value in [("reference", 0.30), ("rerun", 0.45)]:
         (tmp_path / name / "toxicity").mkdir(parents=True)
         pd.DataFrame(
-            {"method": ["Base", "Quark"], "avg_max_toxicity": [0.5, value], "avg_max_toxicity_ci_low": [0.4, 0.25],
-             "avg_max_toxicity_ci_high": [0.6, 0.35]}  # fmt: skip
+            {
+                "method": ["Base", "Quark"],
+                "avg_max_toxicity": [0.5, value],
+                "avg_max_toxicity_ci_low": [0.4, 0.25],
+                "avg_max_toxicity_ci_high": [0.6, 0.35],
+            }  # fmt: skip
         ).to_csv(tmp_path / name / "toxicity" / "table.csv", index=False)
     frame = compare(tmp_path / "rerun", tmp_path / "reference")
     assert frame.set_index("method")["outside_ci"].to_dict() == {"Base": False, "Quark": True}

@@ -69,6 +69,8 @@ def test_adaptive_kl_controller_moves_beta_toward_the_target():
 
 def test_an_all_unscored_round_is_a_clear_error(tiny, tmp_path):
     path, _, _ = tiny
-    task = Task("synthetic", [Prompt("p", "the cat", {})], lambda p, c, **k: [None] * len(c), Sampling(max_new_tokens=3))
+    task = Task(
+        "synthetic", [Prompt("p", "the cat", {})], lambda p, c, **k: [None] * len(c), Sampling(max_new_tokens=3)
+    )
     with pytest.raises(SuiteError, match="round 0: the pool is empty"):
         quark.train(task, path, tmp_path / "run", dict(num_rounds=1, steps_per_round=1), seed=0, device="cpu")

@@ -26,28 +26,36 @@ def _prompt_text(row: object) -> str | None:
     return prompt if isinstance(prompt, str) else None
 
 
+def iter_jsonl(path: str | Path):
+    """(line number, object) for each non-empty line; a missing file or a bad line is a SuiteError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SuiteError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
 def read_prompts(path: str | Path) -> list[Prompt]:
     """Read every prompt of a JSONL file; a bad line is a SuiteError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise SuiteError(f"prompts file not found: {path}")
     prompts = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SuiteError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            text = _prompt_text(row)
-            if text is None:
-                raise SuiteError(f"{path}:{lineno}: no prompt (expected a 'prompt' string or 'prompt.text')")
-            pid = str(row.get("id", f"{path.stem}-{lineno}"))
-            meta = {k: v for k, v in row.items() if k not in ("prompt", "id")}
-            if isinstance(row.get("prompt"), dict):
-                meta["prompt_scores"] = {k: v for k, v in row["prompt"].items() if k != "text"}
-            prompts.append(Prompt(pid, text, meta))
+    for lineno, row in iter_jsonl(path):
+        text = _prompt_text(row)
+        if text is None:
+            raise SuiteError(f"{path}:{lineno}: no prompt (expected a 'prompt' string or 'prompt.text')")
+        pid = str(row.get("id", f"{path.stem}-{lineno}"))
+        meta = {k: v for k, v in row.items() if k not in ("prompt", "id")}
+        if isinstance(row.get("prompt"), dict):
+            meta["prompt_scores"] = {k: v for k, v in row["prompt"].items() if k != "text"}
+        prompts.append(Prompt(pid, text, meta))
     if not prompts:
         raise SuiteError(f"{path}: no prompts in file")
     return prompts

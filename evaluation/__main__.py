@@ -1,0 +1,54 @@
+"""Command-line tools of the shared evaluators.
+
+    python -m evaluation score --scorer profanity_check --input texts.jsonl --out scored.jsonl
+
+`score` reads one JSON object per line with a `text` field and writes each object back with `score` added:
+higher means more of the scorer's attribute (for a toxicity scorer, more toxic); null where it could not score.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from evaluation.scorers import get_scorer
+from methods.common.data import iter_jsonl, write_jsonl
+from methods.common.errors import SuiteError, run_cli
+
+
+def read_texts(path: Path) -> list[dict]:
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise SuiteError(f"{path}:{lineno}: no 'text' string")
+        rows.append(row)
+    return rows
+
+
+def score(args: argparse.Namespace) -> None:
+    rows = read_texts(args.input)
+    scorer = get_scorer(args.scorer)
+    scores = []
+    for start in tqdm(range(0, len(rows), args.batch_size), desc=f"scoring with {args.scorer}", unit="batch"):
+        scores += scorer([r["text"] for r in rows[start : start + args.batch_size]])
+    write_jsonl(args.out, [{**row, "score": s} for row, s in zip(rows, scores)])
+    print(f"scored {len(rows)} texts ({sum(s is None for s in scores)} unscored) -> {args.out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("score", help="score texts from a JSONL file with a registered scorer")
+    p.add_argument("--scorer", required=True, help="scorer name, e.g. profanity_check or perspective")
+    p.add_argument("--input", type=Path, required=True, help="JSONL with a 'text' field per line")
+    p.add_argument("--out", type=Path, required=True, help="JSONL to write, each input object plus 'score'")
+    p.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    score(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)
