@@ -42,3 +42,41 @@ def profanity_check() -> Scorer:
         return [float(x) for x in predict_prob(list(texts))]
 
     return score
+
+
+@register_scorer("vader")
+def vader() -> Scorer:
+    """VADER (Hutto & Gilbert 2014; its lexicon ships with `vaderSentiment`): P(positive) as (compound + 1) / 2."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(texts: list[str]) -> list[float]:
+        return [(analyzer.polarity_scores(t)["compound"] + 1.0) / 2.0 for t in texts]
+
+    return score
+
+
+@register_scorer("hf_classifier")
+def hf_classifier(model: str, label: str, flip: bool = False, device: str = "cpu", batch_size: int = 64) -> Scorer:
+    """Any sequence-classification model (Hub id or directory): the probability of `label`, or 1 - it with `flip`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    classifier = AutoModelForSequenceClassification.from_pretrained(model).to(device).eval()
+    labels = {name.lower(): i for i, name in classifier.config.id2label.items()}
+    if label.lower() not in labels:
+        raise SuiteError(f"classifier {model} has no label '{label}' (its labels: {', '.join(labels)})")
+    index = labels[label.lower()]
+
+    @torch.no_grad()
+    def score(texts: list[str]) -> list[float]:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+            probs = classifier(**batch.to(device)).logits.softmax(-1)[:, index]
+            out += (1 - probs if flip else probs).tolist()
+        return out
+
+    return score
