@@ -101,3 +101,18 @@ def test_method_without_entry_points_fails_in_one_line(repo_copy):
     (method / "__init__.py").write_text("def train(*a, **k):\n    pass\n")
     result = snakemake(repo_copy, "-n", "all", "--configfile", TEST)
     assert_one_line_error(result, "methods/broken/__init__.py", "generate")
+
+
+def test_slurm_profile_resolves_every_jobs_resources(repo_copy):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, "--profile", "workflow/profiles/slurm")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    blocks = {}
+    for block in out.split("\nrule ")[1:]:
+        name = block.split(":", 1)[0]
+        resources = next((line for line in block.splitlines() if "resources:" in line), "")
+        blocks.setdefault(name, resources)
+    assert {"train", "generate", "evaluate", "base_model"} <= set(blocks)
+    assert "runtime=2880" in blocks["train"] and "mem_mb=64000" in blocks["train"]
+    assert "runtime=720" in blocks["generate"] and "runtime=240" in blocks["evaluate"]
