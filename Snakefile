@@ -12,6 +12,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+for _method_rules in METHOD_RULES.values():
+
+    include: _method_rules
+
+
 rule all:
     input:
         expand(f"{R}/{{task}}/table.{{ext}}", task=TASKS, ext=["md", "csv", "tex"]),

@@ -21,10 +21,12 @@ def generate_jsonl(
     seed: int,
     prefix_ids: list[int] = (),
     suppress_ids: list[int] | None = None,
+    logits_processor: list | None = None,
 ) -> None:
     set_seed(seed)
     max_prompt = context_length(model) - sampling.max_new_tokens - len(prefix_ids)
     prompt_ids = encode_prompts(tokenizer, [p.text for p in prompts], max_prompt)
     prefixes = [list(prefix_ids) + ids for ids in prompt_ids for _ in range(num_samples)]
-    completions = sample(model, tokenizer, prefixes, sampling, suppress_ids, desc=f"generating {len(prefixes)} samples")
+    completions = sample(model, tokenizer, prefixes, sampling, suppress_ids, desc=f"generating {len(prefixes)} samples",
+                         logits_processor=logits_processor)  # fmt: skip
     write_jsonl(out_path, generation_records(tokenizer, prompts, completions, num_samples))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,14 @@ def sample(
     sampling: Sampling,
     suppress_ids: list[int] | None = None,
     desc: str = "sampling",
+    logits_processor: list | None = None,
 ) -> list[list[int]]:
-    """Sample one completion per prefix; returns the sampled token ids, never re-tokenised text."""
+    """Sample one completion per prefix; returns the sampled token ids, never re-tokenised text.
+
+    `logits_processor` (transformers `LogitsProcessor`s) runs after generate()'s own processors (reward-token
+    suppression, temperature, top-p), on the already filtered scores: decoding-time methods (DExperts, GeDi, NADO)
+    plug in there. A method that must filter after its own reweighting passes top_p=1.0 and filters itself.
+    """
     config = GenerationConfig(
         do_sample=sampling.do_sample,
         top_p=sampling.top_p if sampling.do_sample else None,
@@ -106,7 +112,8 @@ def sample(
         for i, p in enumerate(batch):
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                             logits_processor=LogitsProcessorList(logits_processor or []))  # fmt: skip
         for row in gen[:, width:].tolist():
             out.append(_trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id))
     return out

@@ -27,7 +27,7 @@ from methods.common.data import Prompt, write_json
 from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.models import encode_prompts, load_model
-from methods.common.rewards import score_rewards
+from methods.common.rollout import score_completions
 from methods.common.sampling import Sampling, completion_logits, pack, sample
 from methods.common.task import Task
 from methods.quark.pool import Pool, Sample, assign_quantiles
@@ -188,12 +188,9 @@ class Trainer:
         self.stats["explore_seconds"] += time.perf_counter() - started
         self.stats["explore_tokens"] += sum(len(c) for c in completions)
 
-        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_texts = [self.prompts[i].text for i in chosen]
-        rewards = []
-        for start in tqdm(range(0, len(texts), 256), desc=f"round {rnd}: scoring", leave=False):
-            sl = slice(start, start + 256)
-            rewards += score_rewards(self.task.reward, prompt_texts[sl], texts[sl], completion_ids=completions[sl])
+        texts, rewards = score_completions(self.task.reward, self.tokenizer, prompt_texts, completions,
+                                           desc=f"round {rnd}: scoring")  # fmt: skip
         kept = [
             Sample(self.prompts[i].id, self.prompt_ids[i], c, self.prompts[i].text, t, r, rnd)
             for i, c, t, r in zip(chosen, completions, texts, rewards)

@@ -64,6 +64,11 @@ def discover_methods(root="methods"):
 
 
 METHODS = discover_methods()
+# A method whose training is more than one job (ACF's concurrent rounds) ships methods/<name>/rules.smk: its rules
+# must write {R}/{task}/<name>/seed{seed}/model.json and train.benchmark.tsv; the generic train rule leaves it alone.
+METHOD_RULES = {m: str(Path(workflow.basedir, "methods", m, "rules.smk")) for m in METHODS
+                if Path(workflow.basedir, "methods", m, "rules.smk").is_file()}  # fmt: skip
+GENERIC_TRAIN = "|".join(m for m in METHODS if m not in METHOD_RULES) or "(?!)"
 PROFILE = config["profile"]
 R = f"{config['results_dir'].rstrip('/')}/{PROFILE}"
 TASKS = config["tasks"]

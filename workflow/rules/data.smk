@@ -1,4 +1,4 @@
-# Base model once as a transformers directory; each task's train and eval prompts.
+# Base model once as a transformers directory; each task's train and eval prompts and its labelled corpus.
 
 
 rule base_model:
@@ -31,3 +31,14 @@ rule prepare_prompts:
         mem_mb=1000,
     script:
         "../scripts/prepare_prompts.py"
+
+
+rule prepare_corpus:
+    input:
+        lambda w: config["data"][w.task].get("corpus", config["data"][w.task]["train_prompts"]),
+    output:
+        f"{R}/data/{{task}}/corpus.jsonl",
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/prepare_corpus.py"

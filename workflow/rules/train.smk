@@ -5,8 +5,11 @@ rule train:
     input:
         base=f"{R}/base_model",
         prompts=f"{R}/data/{{task}}/train.jsonl",
+        corpus=f"{R}/data/{{task}}/corpus.jsonl",
     output:
         f"{R}/{{task}}/{{method}}/seed{{seed}}/model.json",
+    wildcard_constraints:
+        method=GENERIC_TRAIN,
     params:
         hparams=lambda w: hparams(w.method),
         reward=lambda w: config["reward"][w.task],

@@ -9,7 +9,7 @@ from _job import main  # noqa: E402
 from methods.common.data import read_prompts, write_json  # noqa: E402
 from methods.common.rewards import get_reward  # noqa: E402
 from methods.common.sampling import Sampling  # noqa: E402
-from methods.common.task import Task  # noqa: E402
+from methods.common.task import Task, read_corpus  # noqa: E402
 
 
 def run(sm):
@@ -18,7 +18,8 @@ def run(sm):
     reward = get_reward(reward_spec.pop("name"), **reward_spec)
     ev = sm.params.eval
     task = Task(sm.wildcards.task, read_prompts(sm.input.prompts), reward,
-                Sampling(max_new_tokens=ev["max_new_tokens"], top_p=ev["top_p"], batch_size=ev["batch_size"]))  # fmt: skip
+                Sampling(max_new_tokens=ev["max_new_tokens"], top_p=ev["top_p"], batch_size=ev["batch_size"]),
+                read_corpus(sm.input.corpus))  # fmt: skip
     out_dir = Path(sm.output[0]).parent
     model_dir = method.train(task, Path(sm.input.base), out_dir, dict(sm.params.hparams), seed=int(sm.wildcards.seed),
                              device=sm.params.device)  # fmt: skip
