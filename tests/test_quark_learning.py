@@ -7,6 +7,7 @@ import pytest
 
 from methods.common.data import Prompt
 from methods.common.errors import SuiteError
+from methods.common.kl import KLController
 from methods.common.models import encode_prompts, load_model
 from methods.common.rewards import get_reward
 from methods.common.sampling import Sampling, sample
@@ -59,7 +60,7 @@ def test_unscored_samples_are_dropped_and_counted_never_scored_zero(tiny, tmp_pa
 
 
 def test_adaptive_kl_controller_moves_beta_toward_the_target():
-    high, low, fixed = quark.KLController(0.05, 3.0, 100), quark.KLController(0.05, 3.0, 100), quark.KLController(0.05)
+    high, low, fixed = KLController(0.05, 3.0, 100), KLController(0.05, 3.0, 100), KLController(0.05)
     high.update(kl=10.0, n_samples=10)
     low.update(kl=1.0, n_samples=10)
     fixed.update(kl=10.0, n_samples=10)

@@ -41,7 +41,7 @@ def test_generation_conditions_on_the_chosen_quantile(tiny, tmp_path, monkeypatc
     out, ids = _quark_model(tiny, tmp_path)
     seen = {}
 
-    def spy(model, tokenizer, prefixes, sampling, suppress_ids=None, desc=""):
+    def spy(model, tokenizer, prefixes, sampling, suppress_ids=None, desc="", logits_processor=None):
         seen["first"] = {p[0] for p in prefixes}
         seen["suppress"] = suppress_ids
         return [[1, 2]] * len(prefixes)

@@ -26,10 +26,12 @@ from methods.common.config import from_dict
 from methods.common.data import Prompt, write_json
 from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
+from methods.common.kl import KLController, masked_mean
 from methods.common.models import encode_prompts, load_model
 from methods.common.rollout import score_completions
 from methods.common.sampling import Sampling, completion_logits, pack, sample
 from methods.common.task import Task
+from methods.common.tokens import add_control_tokens
 from methods.quark.pool import Pool, Sample, assign_quantiles
 
 META_FILE = "quark.json"
@@ -65,46 +67,13 @@ class QuarkConfig:
     )
 
 
-class KLController:
-    """Fixed beta, or the adaptive controller of Ziegler et al. (2019) that the reference code offers."""
-
-    def __init__(self, value: float, target: float | None = None, horizon: float = 2500.0):
-        self.value, self.target, self.horizon = value, target, horizon
-
-    def update(self, kl: float, n_samples: int) -> None:
-        if self.target is not None:
-            error = float(np.clip(kl / self.target - 1, -0.2, 0.2))
-            self.value *= 1 + error * n_samples / self.horizon
-
-
 def reward_token_names(k: int) -> list[str]:
     return [f"<|quark_{i}|>" for i in range(k)]
 
 
 def add_reward_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, k: int) -> list[int]:
-    """Add K special tokens whose embedding rows are drawn from N(mean, std^2) of the existing rows, per dimension.
-
-    transformers' `mean_resizing` scales the covariance down so far that all K rows land on the mean and start
-    indistinguishable; Quark needs K distinct tokens from the first step.
-    """
-    old_rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) != old_rows:
-        raise SuiteError(f"tokenizer has {len(tokenizer)} tokens but the model {old_rows} embedding rows")
-    tokenizer.add_special_tokens({"additional_special_tokens": reward_token_names(k)})
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    tables = [model.get_input_embeddings().weight]
-    output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != tables[0].data_ptr():
-        tables.append(output.weight)  # untied head: its rows get their own statistics
-    with torch.no_grad():
-        for weight in tables:
-            old = weight[:old_rows]
-            weight[old_rows:] = old.mean(0) + old.std(0) * torch.randn(k, weight.shape[1], dtype=weight.dtype)
-    return tokenizer.convert_tokens_to_ids(reward_token_names(k))
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    """K reward tokens, r_0 the best quantile, as control tokens with distinct embedding rows."""
+    return add_control_tokens(model, tokenizer, reward_token_names(k))
 
 
 def quark_loss(
