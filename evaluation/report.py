@@ -12,17 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-LABELS = {
-    "avg_max_toxicity": "Avg. max toxicity ↓",
-    "toxicity_probability": "Toxicity prob. ↓",
-    "mean_toxicity": "Mean toxicity ↓",
-    "perplexity": "Perplexity ↓",
-    "dist_1": "Dist-1 ↑",
-    "dist_2": "Dist-2 ↑",
-    "dist_3": "Dist-3 ↑",
-}
-PLOTTED = {"toxicity": ["avg_max_toxicity", "toxicity_probability", "perplexity", "dist_3"]}
-
 
 def read_benchmark(path: str | Path) -> dict:
     """Snakemake's benchmark TSV: wall-clock seconds and peak resident memory (MB)."""
@@ -39,7 +28,8 @@ def aggregate_seeds(metric_files: list[str | Path], train_benchmarks: list, gene
     out["num_seeds"] = len(per_seed)
     out["seed_std"] = {k: float(np.std([m[k] for m in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in names}
     cis = [m.get("ci95", {}) for m in per_seed]
-    out["ci95"] = {k: [float(np.mean([c[k][0] for c in cis])), float(np.mean([c[k][1] for c in cis]))] for k in cis[0]}
+    out["ci95"] = {k: None if any(c.get(k) is None for c in cis) else
+                   [float(np.mean([c[k][0] for c in cis])), float(np.mean([c[k][1] for c in cis]))] for k in cis[0]}  # fmt: skip
     train = [read_benchmark(p) for p in train_benchmarks]
     gen = [read_benchmark(p) for p in generate_benchmarks]
     out["cost"] = {
@@ -51,25 +41,59 @@ def aggregate_seeds(metric_files: list[str | Path], train_benchmarks: list, gene
     return out
 
 
-def _cell(value: float, ci: list[float] | None, std: float, num_seeds: int) -> str:
-    text = f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+def _decimals(value: float) -> int:
+    return 3 if abs(value) < 10 else 2 if abs(value) < 1000 else 0
+
+
+def _fmt(value: float, scale: float) -> str:
+    return f"{value * scale:.{_decimals(value * scale)}f}"
+
+
+def _cell(value: float, ci: list[float] | None, std: float, num_seeds: int, scale: float = 1.0) -> str:
+    """`value [ci]`, or `value ± std [ci]` over seeds, all at the precision the value's size calls for."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    places = _decimals(value * scale)
+    text = f"{value * scale:.{places}f}"
     if num_seeds > 1:
-        text += f" ± {std:.3f}"
+        text += f" ± {std * scale:.{places}f}"
     if ci is not None and np.isfinite(ci[0]):
-        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]" if abs(value) < 100 else f" [{ci[0]:.1f}, {ci[1]:.1f}]"
+        text += f" [{ci[0] * scale:.{places}f}, {ci[1] * scale:.{places}f}]"
     return text
 
 
-def make_table(rows: list[tuple[str, dict]], metrics: list[str], out_prefix: str | Path) -> pd.DataFrame:
-    """rows: (display name, aggregated metrics). Writes {prefix}.md, .csv and .tex; returns the display frame."""
+def _latex(tex: str) -> str:
+    for old, new in (("↓", r"$\downarrow$"), ("↑", r"$\uparrow$"), ("±", r"$\pm$"), ("%", r"\%"), ("–", "--")):
+        tex = tex.replace(old, new)
+    return tex
+
+
+def make_table(
+    rows: list[tuple[str, dict]],
+    metrics: list[str],
+    out_prefix: str | Path,
+    labels: dict[str, str] | None = None,
+    percent: set[str] = frozenset(),
+    reference: tuple[str, list[dict]] | None = None,
+) -> pd.DataFrame:
+    """rows: (display name, aggregated metrics). Writes {prefix}.md, .csv and .tex; returns the display frame.
+
+    `percent` metrics print as percentages (their labels say so). `reference` = (source, rows of published numbers keyed by metric) adds
+    a separate, labelled table of the paper's numbers to the Markdown and LaTeX files (never to the CSV, which holds
+    only what this suite measured).
+    """
+    labels = labels or {}
+    label = {k: labels.get(k, k) for k in metrics}
     display, numeric = [], []
     for name, m in rows:
         d = {"Method": name}
         n = {"method": name, "num_seeds": m["num_seeds"], "num_prompts": m.get("num_prompts")}
         for k in metrics:
             ci = m["ci95"].get(k)
-            d[LABELS.get(k, k)] = _cell(m[k], ci, m["seed_std"].get(k, 0.0), m["num_seeds"])
-            n[k], n[f"{k}_ci_low"], n[f"{k}_ci_high"], n[f"{k}_seed_std"] = m[k], ci[0], ci[1], m["seed_std"][k]
+            std = m["seed_std"].get(k, 0.0)
+            d[label[k]] = _cell(m.get(k), ci, std, m["num_seeds"], 100.0 if k in percent else 1.0)
+            low, high = ci if ci is not None else (None, None)
+            n[k], n[f"{k}_ci_low"], n[f"{k}_ci_high"], n[f"{k}_seed_std"] = m.get(k), low, high, std
         cost = m["cost"]
         d["Train (min)"] = f"{cost['train_seconds'] / 60:.1f}"
         d["Generate (min)"] = f"{cost['generate_seconds'] / 60:.1f}"
@@ -81,23 +105,34 @@ def make_table(rows: list[tuple[str, dict]], metrics: list[str], out_prefix: str
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     note = "Cells: mean [95% bootstrap CI over prompts]; with several seeds, mean ± std over seeds [mean CI]."
-    Path(f"{out_prefix}.md").write_text(frame.to_markdown(index=False) + f"\n\n{note}\n", encoding="utf-8")
+    md, tex = frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n", _latex(frame.to_latex(index=False))
+    if reference is not None:
+        source, ref_rows = reference
+        ref = pd.DataFrame([{"Method": r["method"], **{label[k]: "–" if r.get(k) is None else
+                             _fmt(r[k], 100.0 if k in percent else 1.0) for k in metrics}} for r in ref_rows])  # fmt: skip
+        ref = ref.loc[:, (ref != "–").any(axis=0)]
+        md += f"\nPublished numbers, for reference only ({source}; other model, judge and scale):\n\n"
+        md += ref.to_markdown(index=False, disable_numparse=True) + "\n"
+        tex += f"% Published numbers, for reference only ({source})\n" + _latex(ref.to_latex(index=False))
+    Path(f"{out_prefix}.md").write_text(md, encoding="utf-8")
     pd.DataFrame(numeric).to_csv(f"{out_prefix}.csv", index=False)
-    latex = frame.to_latex(index=False).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$").replace("±", r"$\pm$")
-    Path(f"{out_prefix}.tex").write_text(latex, encoding="utf-8")
+    Path(f"{out_prefix}.tex").write_text(tex, encoding="utf-8")
     return frame
 
 
-def make_plot(rows: list[tuple[str, dict]], metrics: list[str], title: str, out_path: str | Path) -> None:
-    """One horizontal bar chart per metric, with 95% bootstrap intervals as error bars."""
+def make_plot(
+    rows: list[tuple[str, dict]], metrics: list[str], title: str, out_path: str | Path, labels: dict | None = None
+) -> None:
+    """One horizontal bar chart per metric, with 95% bootstrap intervals as error bars where they exist."""
+    labels = labels or {}
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 0.5 * len(rows) + 1.6), sharey=True)
     names = [name for name, _ in rows][::-1]
     for ax, k in zip(np.atleast_1d(axes), metrics):
-        values = np.array([m[k] for _, m in rows][::-1])
-        lo = np.array([m["ci95"][k][0] for _, m in rows][::-1])
-        hi = np.array([m["ci95"][k][1] for _, m in rows][::-1])
+        values = np.array([m.get(k, np.nan) for _, m in rows][::-1], dtype=float)
+        cis = [m["ci95"].get(k) or (v, v) for (_, m), v in zip(rows[::-1], values)]
+        lo, hi = np.array([c[0] for c in cis], dtype=float), np.array([c[1] for c in cis], dtype=float)
         ax.barh(names, values, xerr=[values - lo, hi - values], color="#4c72b0", capsize=3)
-        ax.set_title(LABELS.get(k, k), fontsize=10)
+        ax.set_title(labels.get(k, k), fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -1,15 +1,33 @@
-"""The task columns: which evaluator scores each, and how its labelled corpus is built from the shipped data."""
+"""The task columns: each task's evaluator, and how its prompts and labelled corpus are built from shipped data.
+
+toxicity            RealToxicityPrompts prompts; corpus: its prompts and continuations, scored 1 - Perspective toxicity
+sentiment-positive  OpenWebText prompts (RTP's prompt sentences); unlearn negativity; eval on negative + neutral prompts
+sentiment-negative  the same prompts; unlearn positivity; eval on positive + neutral prompts
+repetition          WikiText prefixes; unlearn degenerate repetition; corpus: WikiText paragraphs
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from methods.common.data import iter_jsonl
+from evaluation.repetition import diversity
+from methods.common.data import Prompt, iter_jsonl
 from methods.common.errors import SuiteError
 from methods.common.task import Text
 
 
-def rtp_corpus(path: str | Path) -> list[Text]:
+@dataclass(frozen=True)
+class TaskSpec:
+    evaluator: str  # module under evaluation/ with METRICS, PLOTTED and evaluate()
+    prompts: str  # how prepare_prompts reads the task's files: "rtp", "sentiment" or "wikitext"
+    corpus: Callable[..., list[Text]]
+    needs_scorer: bool = True  # repetition is measured on the text itself
+
+
+def rtp_corpus(path: str | Path, **_) -> list[Text]:
     """Prompts and continuations of a RealToxicityPrompts file, scored 1 - their Perspective toxicity."""
     texts = []
     for lineno, row in iter_jsonl(path):
@@ -22,10 +40,101 @@ def rtp_corpus(path: str | Path) -> list[Text]:
     return [t for t in texts if t.text]
 
 
-CORPUS_BUILDERS = {"toxicity": rtp_corpus}
+def sentiment_corpus(path: str | Path, judge: Callable[[list[str]], list[float | None]], wanted: str) -> list[Text]:
+    """RTP's OpenWebText sentences, scored P(wanted sentiment) by the task's judge."""
+    texts = [t.text for t in rtp_corpus(path)]
+    scores = judge(texts)
+    flip = wanted == "negative"
+    return [Text(t, None if s is None else (1.0 - s if flip else s)) for t, s in zip(texts, scores)]
 
 
-def build_corpus(task: str, path: str | Path) -> list[Text]:
-    if task not in CORPUS_BUILDERS:
-        raise SuiteError(f"no corpus builder for task '{task}'")
-    return CORPUS_BUILDERS[task](path)
+# --- WikiText -----------------------------------------------------------------------------------------------------
+
+_DETOKENIZE = [
+    (" @-@ ", "-"),
+    (" @,@ ", ","),
+    (" @.@ ", "."),
+    (" , ", ", "),
+    (" . ", ". "),
+    (" ; ", "; "),
+    (" : ", ": "),
+    (" 's ", "'s "),
+    (" n't ", "n't "),
+    ("( ", "("),
+    (" )", ")"),
+]
+
+
+def detokenize(text: str) -> str:
+    """Undo WikiText's tokenised layout (spaced punctuation, @-@ joins) so the base model sees ordinary text."""
+    text = f" {text.strip()} "
+    for old, new in _DETOKENIZE:
+        text = text.replace(old, new)
+    text = re.sub(r'" ([^"]*?) "', r'"\1"', text)
+    return re.sub(r" ([?!.,])(\s|$)", r"\1\2", text).strip()
+
+
+def wikitext_articles(path: str | Path) -> list[list[str]]:
+    """Articles as lists of paragraphs (WikiText layout: ' = Title = ' headings, one paragraph per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"WikiText file not found: {path}")
+    articles: list[list[str]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if re.match(r"^ = [^=].* = $", line):
+            articles.append([])
+        elif line.strip() and not line.strip().startswith("=") and articles:
+            articles[-1].append(line.strip())
+    if not articles:
+        raise SuiteError(f"{path}: no WikiText articles (expected ' = Title = ' headings)")
+    return articles
+
+
+def split_articles(articles: list[list[str]], eval_fraction: float) -> tuple[list[list[str]], list[list[str]]]:
+    """The last `eval_fraction` of the articles are for evaluation; training never sees them."""
+    n_eval = max(1, round(len(articles) * eval_fraction))
+    return articles[:-n_eval], articles[-n_eval:]
+
+
+def wikitext_prefixes(
+    articles: list[list[str]], prefix_words: int, min_continuation_words: int, source: str | Path
+) -> list[Prompt]:
+    """A prefix of `prefix_words` words from each paragraph long enough to hold a human continuation after it."""
+    prompts = []
+    for a, paragraphs in enumerate(articles):
+        for p, paragraph in enumerate(paragraphs):
+            words = paragraph.split()
+            prefix = " ".join(words[:prefix_words])
+            if len(words) < prefix_words + min_continuation_words or "<unk>" in prefix:
+                continue
+            continuation = " ".join(words[prefix_words : prefix_words + 2 * min_continuation_words])
+            prompts.append(Prompt(f"wiki-{a}-{p}", detokenize(prefix), {"continuation": detokenize(continuation)}))
+    if not prompts:
+        raise SuiteError(f"{source}: no usable prefix (no paragraph has {prefix_words}+{min_continuation_words} words)")
+    return prompts
+
+
+def wikitext_corpus(path: str | Path, eval_fraction: float = 0.25, **_) -> list[Text]:
+    """Paragraphs of the training articles, scored by their own diversity (the repetition reward)."""
+    train, _ = split_articles(wikitext_articles(path), eval_fraction)
+    texts = [detokenize(p) for article in train for p in article]
+    return [Text(t, diversity(t.split())) for t in texts if t]
+
+
+TASKS = {
+    "toxicity": TaskSpec("evaluation.toxicity", "rtp", rtp_corpus),
+    "sentiment-positive": TaskSpec("evaluation.sentiment", "sentiment", sentiment_corpus),
+    "sentiment-negative": TaskSpec("evaluation.sentiment", "sentiment", sentiment_corpus),
+    "repetition": TaskSpec("evaluation.repetition", "wikitext", wikitext_corpus, needs_scorer=False),
+}
+
+
+def task_spec(task: str) -> TaskSpec:
+    if task not in TASKS:
+        raise SuiteError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+    return TASKS[task]
+
+
+def wanted_sentiment(task: str) -> str:
+    """'sentiment-positive' unlearns negativity: positive is wanted."""
+    return task.rsplit("-", 1)[1]

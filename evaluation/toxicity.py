@@ -13,6 +13,17 @@ from evaluation.metrics import bootstrap_ci, distinct_n
 from evaluation.scorers import Scorer
 
 METRICS = ["avg_max_toxicity", "toxicity_probability", "mean_toxicity", "perplexity", "dist_1", "dist_2", "dist_3"]
+LABELS = {"avg_max_toxicity": "Avg. max toxicity ↓", "toxicity_probability": "Toxicity prob. ↓",
+          "mean_toxicity": "Mean toxicity ↓", "perplexity": "Perplexity ↓", "dist_1": "Dist-1 ↑", "dist_2": "Dist-2 ↑",
+          "dist_3": "Dist-3 ↑"}  # fmt: skip
+
+
+def metrics(task: str) -> list[str]:
+    return METRICS
+
+
+def plotted(task: str) -> list[str]:
+    return ["avg_max_toxicity", "toxicity_probability", "perplexity", "dist_3"]
 
 
 def per_prompt_table(records: list[dict], toxicity: list[float], perplexity: list[float]) -> pd.DataFrame:
@@ -35,7 +46,9 @@ PER_PROMPT_COLUMN = {"avg_max_toxicity": "max_toxicity", "toxicity_probability":
                      "perplexity": "perplexity", "dist_1": "dist_1", "dist_2": "dist_2", "dist_3": "dist_3"}  # fmt: skip
 
 
-def evaluate(records: list[dict], scorer: Scorer, perplexity: list[float]) -> tuple[dict, pd.DataFrame]:
+def evaluate(
+    records: list[dict], scorer: Scorer, perplexity: list[float], prompts: dict | None = None, task: str = "toxicity"
+) -> tuple[dict, pd.DataFrame]:
     """Toxicity metrics; samples the scorer could not score (None) are left out of them and counted."""
     toxicity = scorer([r["text"] for r in records])
     scored = [i for i, t in enumerate(toxicity) if t is not None]

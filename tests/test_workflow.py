@@ -46,9 +46,11 @@ def test_dry_run_schedules_a_new_method_directory(repo_copy):
 def test_test_profile_runs_end_to_end(repo_copy):
     result = snakemake(repo_copy, "all", "--configfile", TEST)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = repo_copy / "results" / "test" / "toxicity"
+    results = repo_copy / "results" / "test"
+    rows = ["Base model", "Quark", "Quark (worst-quantile token)"]
+    out = results / "toxicity"
     table = pd.read_csv(out / "table.csv")
-    assert list(table["method"]) == ["Base model", "Quark", "Quark (worst-quantile token)"]
+    assert list(table["method"]) == rows
     assert table["avg_max_toxicity"].between(0, 1).all() and (table["perplexity"] > 1).all()
     assert (table["train_seconds"] > 0).all() and (table["peak_rss_mb"] > 0).all()
     assert "Quark (worst-quantile token)" in (out / "table.md").read_text()
@@ -60,6 +62,26 @@ def test_test_profile_runs_end_to_end(repo_copy):
     assert {"prompt_id", "sample", "text", "token_ids"} <= set(records[0])
     stats = json.loads((out / "quark" / "seed0" / "train_stats.json").read_text())
     assert len(stats["rounds"]) == 2 and stats["rounds"][1]["pool_size"] == 40
+
+    # sentiment: 3 typed prompts of each reported type, positive rates in [0, 1], the paper's rows kept apart
+    for task, types in {
+        "sentiment-positive": ["negative", "neutral"],
+        "sentiment-negative": ["positive", "neutral"],
+    }.items():
+        table = pd.read_csv(results / task / "table.csv")
+        assert list(table["method"]) == rows
+        for t in types:
+            assert table[f"positive_rate_{t}"].between(0, 1).all()
+        metrics = json.loads((results / task / "base" / "seed0" / "metrics.json").read_text())
+        assert [metrics[f"num_prompts_{t}"] for t in types] == [3, 3]
+        assert "Published numbers, for reference only" in (results / task / "table.md").read_text()
+    # repetition: one fixed-length greedy and two sampled continuations per prefix
+    table = pd.read_csv(results / "repetition" / "table.csv")
+    assert list(table["method"]) == rows and table["rep_4_greedy"].between(0, 1).all()
+    records = [json.loads(line) for line in (results / "repetition" / "base" / "seed0" / "generations.jsonl").open()]
+    assert sorted(r["decoding"] for r in records) == ["greedy"] * 6 + ["sampling"] * 12
+    assert {len(r["token_ids"]) for r in records} == {12}
+
     # a second run has nothing left to do
     again = snakemake(repo_copy, "all", "--configfile", TEST, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -75,6 +97,7 @@ BAD_INPUTS = {
     "schema": (lambda r: {"eval": {"num_samples": "many"}}, ["eval/num_samples", "override.yaml"]),
     "unknown method": (lambda r: {"methods": ["base", "nope"]}, ["unknown method 'nope'"]),
     "unknown task": (lambda r: {"tasks": ["nope"]}, ["unknown task 'nope'"]),
+    "no usable wikitext prefix": (lambda r: {"data": {"repetition": {"prefix_words": 5000}}}, ["no usable prefix"]),
     "missing prompts": (lambda r: {"data": {"toxicity": {"eval_prompts": "data/none.jsonl"}}},
                         ["prompts file not found", "data/none.jsonl"]),
     "bad json line": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "bad.jsonl", '{"prompt": "a"}\n{oops\n')}}},

@@ -13,9 +13,23 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 class Sampling:
     max_new_tokens: int = 20
     top_p: float = 0.9
+    min_new_tokens: int = 0  # EOS is suppressed until then; the repetition task asks for fixed-length continuations
     temperature: float = 1.0
     do_sample: bool = True
     batch_size: int = 50
+
+
+def eval_sampling(settings: dict, decoding: str = "sampling") -> tuple[Sampling, int]:
+    """(Sampling, samples per prompt) from a task's eval settings: nucleus sampling, or one greedy continuation.
+
+    `fixed_length` suppresses EOS until `max_new_tokens`, as the unlikelihood paper's fixed-length continuations.
+    """
+    length = settings["max_new_tokens"]
+    common = dict(max_new_tokens=length, batch_size=settings["batch_size"],
+                  min_new_tokens=length if settings.get("fixed_length") else 0)  # fmt: skip
+    if decoding == "greedy":
+        return Sampling(do_sample=False, top_p=1.0, **common), 1
+    return Sampling(top_p=settings["top_p"], **common), settings["num_samples"]
 
 
 @dataclass
@@ -98,6 +112,7 @@ def sample(
         top_k=0 if sampling.do_sample else None,
         temperature=sampling.temperature if sampling.do_sample else None,
         max_new_tokens=sampling.max_new_tokens,
+        min_new_tokens=sampling.min_new_tokens or None,
         suppress_tokens=suppress_ids or None,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

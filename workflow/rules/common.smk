@@ -7,7 +7,6 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-KNOWN_TASKS = ["toxicity"]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 CONFIG_FILES = ", ".join(str(p) for p in (workflow.overwrite_configfiles or ["workflow/config/config.yaml"]))
 
@@ -31,6 +30,8 @@ def check_config():
 
 
 check_config()
+sys.path.insert(0, workflow.basedir)
+from evaluation.tasks import TASKS as KNOWN_TASKS  # noqa: E402
 
 
 def discover_methods(root="methods"):
@@ -76,16 +77,22 @@ SEEDS = config["seeds"]
 
 def check_prompts(task):
     """Read the task's prompt files now (they are small), so a bad line fails before any job runs."""
-    sys.path.insert(0, workflow.basedir)
+    from evaluation.tasks import split_articles, task_spec, wikitext_articles, wikitext_prefixes
     from methods.common.data import read_prompts, select_prompts
     from methods.common.errors import SuiteError
 
     d = config["data"][task]
     try:
+        if task_spec(task).prompts == "wikitext":
+            train, evals = split_articles(wikitext_articles(d["train_prompts"]), d.get("eval_fraction", 0.25))
+            for articles in (train, evals):
+                wikitext_prefixes(articles, d.get("prefix_words", 32), d.get("min_continuation_words", 32),
+                                  d["train_prompts"])  # fmt: skip
+            return
         for split in ("train", "eval"):
             path = d[f"{split}_prompts"]
             select_prompts(read_prompts(path), None, 0, d.get(f"{split}_min_prompt_toxicity"),
-                           d.get(f"{split}_max_prompt_toxicity"), path)
+                           d.get(f"{split}_max_prompt_toxicity"), path)  # fmt: skip
     except SuiteError as exc:
         fail(str(exc))
 
@@ -98,9 +105,25 @@ for task in TASKS:
     for key in ("train_prompts", "eval_prompts"):
         if not Path(config["data"][task][key]).is_file():
             fail(f"{CONFIG_FILES}: data.{task}.{key}: prompts file not found: {config['data'][task][key]}")
+    if task not in config["reward"]:
+        fail(f"{CONFIG_FILES}: no reward.{task} entry for task '{task}'")
+    if KNOWN_TASKS[task].needs_scorer and task not in config["scorers"]:
+        fail(f"{CONFIG_FILES}: no scorers.{task} entry for task '{task}' (the evaluator's judge)")
     check_prompts(task)
 if config["base_model"].startswith("path:") and not Path(config["base_model"][5:], "config.json").is_file():
     fail(f"{CONFIG_FILES}: base_model: model directory not found (no config.json): {config['base_model'][5:]}")
+
+
+def eval_settings(task):
+    """The `eval` section with the task's own overrides (`eval.tasks.<task>`) on top."""
+    settings = {k: v for k, v in config["eval"].items() if k != "tasks"}
+    return {**settings, **(config["eval"].get("tasks", {}).get(task) or {})}
+
+
+def scorer_spec(task):
+    """`scorers.<task>`: a registered scorer's name, or {name: ..., <its arguments>}; None where none is needed."""
+    spec = config["scorers"].get(task)
+    return None if spec is None else {"name": spec} if isinstance(spec, str) else dict(spec)
 
 
 def split_row(row):
@@ -121,10 +144,18 @@ def rows_for(task):
     return [r for r in config["methods"] if task in METHODS[split_row(r)[0]]["tasks"]]
 
 
-def hparams(method):
-    """method.yaml's hyperparameters for this profile, then the config's `hparams.<method>` on top."""
-    spec = METHODS[method].get("hparams") or {}
-    return {**(spec.get(PROFILE) or {}), **(config.get("hparams", {}).get(method) or {})}
+def hparams(method, task=None):
+    """method.yaml's hyperparameters for this profile, then the config's `hparams.<method>` on top.
+
+    Either level may hold `tasks: {<task>: {...}}`, overrides for one task (longer repetition completions, say).
+    """
+    merged = {}
+    for level in ((METHODS[method].get("hparams") or {}).get(PROFILE), config.get("hparams", {}).get(method)):
+        level = dict(level or {})
+        per_task = level.pop("tasks", None) or {}
+        merged.update(level)
+        merged.update(per_task.get(task) or {})
+    return merged
 
 
 def display_name(row):

@@ -1,9 +1,18 @@
 # Base model once as a transformers directory; each task's train and eval prompts and its labelled corpus.
 
 
+def prompt_sources(task):
+    """The files a task's prompts come from; sentiment eval prompts are typed by the base model first."""
+    d = config["data"][task]
+    if KNOWN_TASKS[task].prompts == "sentiment":
+        return {"train": d["train_prompts"], "eval": f"{R}/data/sentiment_types.jsonl"}
+    return {"train": d["train_prompts"], "eval": d["eval_prompts"]}
+
+
 rule base_model:
     input:
-        prompts=[config["data"][t]["train_prompts"] for t in TASKS],
+        # only the tiny test model reads the prompts (to train its tokenizer)
+        prompts=[config["data"][t]["train_prompts"] for t in TASKS] if config["base_model"] == "tiny" else [],
     output:
         directory(f"{R}/base_model"),
     params:
@@ -17,16 +26,34 @@ rule base_model:
         "../scripts/base_model.py"
 
 
+rule type_sentiment_prompts:
+    # DExperts' split: a prompt is negative, neutral or positive by the sentiment of the base model's continuations.
+    input:
+        base=f"{R}/base_model",
+        candidates=config.get("sentiment_prompts", {}).get("candidates", "data/rtp/dev.jsonl"),
+    output:
+        f"{R}/data/sentiment_types.jsonl",
+    params:
+        settings=config.get("sentiment_prompts", {}),
+        device=config["device"],
+    threads: heavy_threads()
+    resources:
+        mem_mb=6000,
+    benchmark:
+        f"{R}/data/sentiment_types.benchmark.tsv"
+    script:
+        "../scripts/type_sentiment_prompts.py"
+
+
 rule prepare_prompts:
     input:
-        train=lambda w: config["data"][w.task]["train_prompts"],
-        eval=lambda w: config["data"][w.task]["eval_prompts"],
+        unpack(lambda w: prompt_sources(w.task)),
     output:
         train=f"{R}/data/{{task}}/train.jsonl",
         eval=f"{R}/data/{{task}}/eval.jsonl",
     params:
         settings=lambda w: config["data"][w.task],
-        max_eval_prompts=config["eval"]["max_prompts"],
+        max_eval_prompts=lambda w: eval_settings(w.task)["max_prompts"],
     resources:
         mem_mb=1000,
     script:
@@ -38,6 +65,9 @@ rule prepare_corpus:
         lambda w: config["data"][w.task].get("corpus", config["data"][w.task]["train_prompts"]),
     output:
         f"{R}/data/{{task}}/corpus.jsonl",
+    params:
+        settings=lambda w: config["data"][w.task],
+        scorer=lambda w: scorer_spec(w.task),
     resources:
         mem_mb=2000,
     script:

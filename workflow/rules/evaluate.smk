@@ -4,13 +4,14 @@
 rule evaluate:
     input:
         generations=f"{R}/{{task}}/{{row}}/seed{{seed}}/generations.jsonl",
+        prompts=f"{R}/data/{{task}}/eval.jsonl",
         base=f"{R}/base_model",
     output:
         metrics=f"{R}/{{task}}/{{row}}/seed{{seed}}/metrics.json",
         per_prompt=f"{R}/{{task}}/{{row}}/seed{{seed}}/per_prompt.csv",
     params:
-        scorer=lambda w: config["scorers"][w.task],
-        eval=config["eval"],
+        scorer=lambda w: scorer_spec(w.task),
+        eval=lambda w: eval_settings(w.task),
         device=config["device"],
     threads: heavy_threads()
     resources:

@@ -1,4 +1,4 @@
-# Generate (task, row, seed): N samples per eval prompt from the row's trained model.
+# Generate (task, row, seed): N samples per eval prompt from the row's trained model, for each of the task's decodings.
 
 
 rule generate:
@@ -10,8 +10,7 @@ rule generate:
     params:
         method=lambda w: split_row(w.row)[0],
         variant=lambda w: (METHODS[split_row(w.row)[0]].get("variants") or {}).get(split_row(w.row)[1] or "", {}).get("generate", {}),
-        hparams=lambda w: hparams(split_row(w.row)[0]),
-        eval=config["eval"],
+        eval=lambda w: eval_settings(w.task),
         device=config["device"],
     threads: heavy_threads()
     resources:

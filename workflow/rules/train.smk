@@ -11,9 +11,9 @@ rule train:
     wildcard_constraints:
         method=GENERIC_TRAIN,
     params:
-        hparams=lambda w: hparams(w.method),
+        hparams=lambda w: hparams(w.method, w.task),
         reward=lambda w: config["reward"][w.task],
-        eval=config["eval"],
+        eval=lambda w: eval_settings(w.task),
         device=config["device"],
     threads: heavy_threads()
     resources:

@@ -8,7 +8,7 @@ from _job import main  # noqa: E402
 
 from methods.common.data import read_prompts, write_json  # noqa: E402
 from methods.common.rewards import get_reward  # noqa: E402
-from methods.common.sampling import Sampling  # noqa: E402
+from methods.common.sampling import eval_sampling  # noqa: E402
 from methods.common.task import Task, read_corpus  # noqa: E402
 
 
@@ -16,10 +16,8 @@ def run(sm):
     method = importlib.import_module(f"methods.{sm.wildcards.method}")
     reward_spec = dict(sm.params.reward)
     reward = get_reward(reward_spec.pop("name"), **reward_spec)
-    ev = sm.params.eval
-    task = Task(sm.wildcards.task, read_prompts(sm.input.prompts), reward,
-                Sampling(max_new_tokens=ev["max_new_tokens"], top_p=ev["top_p"], batch_size=ev["batch_size"]),
-                read_corpus(sm.input.corpus))  # fmt: skip
+    sampling, _ = eval_sampling(sm.params.eval)
+    task = Task(sm.wildcards.task, read_prompts(sm.input.prompts), reward, sampling, read_corpus(sm.input.corpus))
     out_dir = Path(sm.output[0]).parent
     model_dir = method.train(task, Path(sm.input.base), out_dir, dict(sm.params.hparams), seed=int(sm.wildcards.seed),
                              device=sm.params.device)  # fmt: skip
