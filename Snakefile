@@ -10,6 +10,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/scorers.smk"
 
 
 for _method_rules in METHOD_RULES.values():

@@ -10,7 +10,8 @@ from methods.common.errors import SuiteError
 
 Scorer = Callable[[list[str]], list[float | None]]  # None: could not be scored (dropped and counted, never 0)
 _SCORERS: dict[str, Callable[..., Scorer]] = {}
-_ELSEWHERE = {"perspective": "evaluation.perspective"}  # registered on import; imported only when asked for
+# Registered on import; imported only when asked for.
+_ELSEWHERE = {"perspective": "evaluation.perspective", "minilm_toxicity": "evaluation.toxicity_head"}
 
 
 def register_scorer(name: str):
