@@ -13,13 +13,14 @@ from tests.conftest import ROOT
 
 
 def raising(prompts, completions, **kwargs):
-    raise RuntimeError("scorer offline")
+    """A configuration problem stops the job; any other exception is an outage, retried (tests/test_safety.py)."""
+    raise SuiteError("reward 'raising': scorer 'x' is not installed")
 
 
 @pytest.mark.parametrize(
     "reward, message",
     [
-        (raising, "raised RuntimeError: scorer offline"),
+        (raising, "scorer 'x' is not installed"),
         (lambda p, c, **k: [math.nan] * len(c), "non-finite"),
         (lambda p, c, **k: [math.inf] * len(c), "non-finite"),
         (lambda p, c, **k: [0.5], "returned 1 scores for 3 completions"),

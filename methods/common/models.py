@@ -125,12 +125,15 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A transformers directory (or a train job's model.json) for inference or training; safetensors weights only."""
     path = resolve_model_dir(path)
+    if not any(path.glob("*.safetensors")):  # nothing the suite wrote is pickled; it never unpickles weights either
+        raise SuiteError(f"model directory {path} has no safetensors weights (pickled weights are not loaded)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True).to(device)
     model.eval()
     return model, tokenizer
 

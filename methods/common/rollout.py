@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from methods.common.rewards import Reward, score_rewards
+from methods.common.sampling import Sampling, sample
 
 
 def score_completions(
@@ -26,3 +30,39 @@ def score_completions(
         sl = slice(start, start + chunk)
         rewards += score_rewards(reward, prompts[sl], texts[sl], completion_ids=completions[sl])
     return texts, rewards
+
+
+@dataclass
+class Rollout:
+    """Scored samples, one per chosen prompt; the samples the reward could not score are dropped and counted."""
+
+    prompt_index: list[int]  # index into the prompt list of each kept sample
+    completions: list[list[int]]
+    texts: list[str]
+    rewards: list[float]
+    dropped: int
+    tokens: int  # tokens generated, dropped samples included
+    seconds: float  # sampling time, scoring excluded
+
+
+def sample_and_score(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward: Reward,
+    prompts: list[str],
+    prefixes: list[list[int]],
+    chosen: list[int],
+    sampling: Sampling,
+    suppress_ids: list[int] | None = None,
+    desc: str = "rollout",
+) -> Rollout:
+    """Sample one completion of `prefixes[i]` for each i in `chosen` and score it against `prompts[i]`."""
+    started = time.perf_counter()
+    batch = [prefixes[i] for i in chosen]
+    completions = sample(model, tokenizer, batch, sampling, suppress_ids, desc=f"{desc}: sampling")
+    seconds = time.perf_counter() - started
+    texts, rewards = score_completions(reward, tokenizer, [prompts[i] for i in chosen], completions,
+                                       desc=f"{desc}: scoring")  # fmt: skip
+    keep = [k for k, r in enumerate(rewards) if r is not None]
+    return Rollout([chosen[k] for k in keep], [completions[k] for k in keep], [texts[k] for k in keep],
+                   [rewards[k] for k in keep], len(rewards) - len(keep), sum(map(len, completions)), seconds)  # fmt: skip

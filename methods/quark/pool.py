@@ -1,4 +1,9 @@
-"""Quark's data pool: every scored sample, in SQLite inside the run directory, re-ranked into quantiles each round."""
+"""Quark's data pool: every scored sample, in SQLite inside the run directory, re-ranked into quantiles each round.
+
+Each exploration batch is committed as soon as it is scored, unscored samples included (reward NULL, kept out of
+training and counted), keyed by (round, slot): a restarted job sees which slots of a round are done and pays the
+reward only for the others. WAL mode: a killed writer loses at most the transaction it had open.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from methods.common.errors import SuiteError
+
+SCHEMA_VERSION = 1
+
 
 @dataclass
 class Sample:
@@ -17,8 +26,9 @@ class Sample:
     completion_ids: list[int]
     prompt: str
     completion: str
-    reward: float
+    reward: float | None  # None: the reward could not score it (kept for the record, never trained on)
     round: int
+    slot: int | None = None  # position in its round's exploration order
 
 
 def assign_quantiles(rewards: np.ndarray, k: int) -> np.ndarray:
@@ -33,54 +43,65 @@ def assign_quantiles(rewards: np.ndarray, k: int) -> np.ndarray:
 class Pool:
     SCHEMA = """CREATE TABLE IF NOT EXISTS samples (
         id INTEGER PRIMARY KEY AUTOINCREMENT, prompt_id TEXT, prompt_ids TEXT, completion_ids TEXT,
-        prompt TEXT, completion TEXT, reward REAL NOT NULL, round INTEGER)"""
+        prompt TEXT, completion TEXT, reward REAL, round INTEGER, slot INTEGER)"""
+    COLUMNS = "prompt_id, prompt_ids, completion_ids, prompt, completion, reward, round, slot"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'samples'").fetchone()
+        if exists and version != SCHEMA_VERSION:
+            self.db.close()
+            raise SuiteError(f"{self.path}: pool schema version {version}, this code reads {SCHEMA_VERSION}; "
+                             "move it away to start afresh")  # fmt: skip
         self.db.execute(self.SCHEMA)
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.db.commit()
 
     def add(self, samples: list[Sample]) -> None:
-        rows = [
-            (
-                s.prompt_id,
-                json.dumps(s.prompt_ids),
-                json.dumps(s.completion_ids),
-                s.prompt,
-                s.completion,
-                s.reward,
-                s.round,
-            )
-            for s in samples
-        ]
+        """Commit samples in one transaction: all of them or, if the job dies first, none."""
+        rows = [(s.prompt_id, json.dumps(s.prompt_ids), json.dumps(s.completion_ids), s.prompt, s.completion,
+                 s.reward, s.round, s.slot) for s in samples]  # fmt: skip
         with self.db:
-            self.db.executemany(
-                "INSERT INTO samples (prompt_id, prompt_ids, completion_ids, prompt, completion, reward, round)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            self.db.executemany(f"INSERT INTO samples ({self.COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        """Scored samples, the ones training sees."""
+        return self.db.execute("SELECT COUNT(*) FROM samples WHERE reward IS NOT NULL").fetchone()[0]
 
-    def samples(self) -> list[Sample]:
-        rows = self.db.execute(
-            "SELECT prompt_id, prompt_ids, completion_ids, prompt, completion, reward, round FROM samples ORDER BY id"
-        )
-        return [Sample(r[0], json.loads(r[1]), json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+    def samples(self, rnd: int | None = None, scored_only: bool = True) -> list[Sample]:
+        """Scored samples (or all, with `scored_only=False`) of every round or of round `rnd`, in commit order."""
+        where = ["reward IS NOT NULL"] if scored_only else []
+        where += [] if rnd is None else [f"round = {int(rnd)}"]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(f"SELECT {self.COLUMNS} FROM samples {clause} ORDER BY id")
+        return [Sample(r[0], json.loads(r[1]), json.loads(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def unscored(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM samples WHERE reward IS NULL").fetchone()[0]
+
+    def explored_slots(self, rnd: int) -> set[int]:
+        """Slots of round `rnd` already committed, scored or not."""
+        return {r[0] for r in self.db.execute("SELECT slot FROM samples WHERE round = ?", (rnd,))}
 
     def keep_newest(self, max_size: int) -> None:
-        """Cap the pool, dropping the oldest samples."""
+        """Cap the scored pool, dropping the oldest samples."""
         with self.db:
             self.db.execute(
-                "DELETE FROM samples WHERE id NOT IN (SELECT id FROM samples ORDER BY id DESC LIMIT ?)", (max_size,)
+                "DELETE FROM samples WHERE reward IS NOT NULL AND id NOT IN "
+                "(SELECT id FROM samples WHERE reward IS NOT NULL ORDER BY id DESC LIMIT ?)",
+                (max_size,),
             )
 
-    def clear(self) -> None:
+    def clear(self, before_round: int | None = None) -> None:
+        """Drop every sample, or only the scored samples of rounds before `before_round`."""
         with self.db:
-            self.db.execute("DELETE FROM samples")
+            if before_round is None:
+                self.db.execute("DELETE FROM samples")
+            else:
+                self.db.execute("DELETE FROM samples WHERE reward IS NOT NULL AND round < ?", (before_round,))
 
     def close(self) -> None:
         self.db.close()

@@ -2,27 +2,41 @@
 
 for round r = 0 .. R-1:
     explore   sample completions: the frozen reference p0 at r = 0, else the policy given the best reward token
-    score     reward each sample; add it to the pool (samples whose reward is None are dropped and counted)
+    score     reward each sample; commit it to the pool (samples whose reward is None are kept out and counted)
     quantize  re-rank the whole pool into K equal quantiles; quantile k is marked by reward token r_k (r_0 best)
     learn     minimise NLL + beta * KL(pi(.|r_k, x, y<t) || p0(.|x, y<t)) - alpha * H(pi) on completion tokens
 generate conditioned on r_0 (or any r_k: the trained model is a dial)
+
+The job is resumable: every scored batch is committed to the SQLite pool before anyone trains on it, and a
+checkpoint (methods/common/checkpoint.py) is written at every round end and every `checkpoint_every` steps. A
+restarted job resumes from the newest complete checkpoint and pays the reward only for the slots its round has not
+committed. Every random draw is derived from (seed, round, batch), so a resumed CPU job ends bitwise where an
+uninterrupted one does. Under `accelerate launch` (or torchrun) each process explores its share of the round's
+batches and scores its own samples; the samples are gathered and committed by the main process, every process trains
+on the same pool through DDP, and the global batch is split across processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import broadcast_object_list, gather_object
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup, set_seed
 
-from methods.common.config import from_dict
+from methods.common.checkpoint import CHECKPOINT_VERSION, Checkpoints, ensure_writable, rng_state, set_rng_state
+from methods.common.config import from_dict_for_task
 from methods.common.data import Prompt, write_json
 from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
@@ -35,6 +49,9 @@ from methods.common.tokens import add_control_tokens
 from methods.quark.pool import Pool, Sample, assign_quantiles
 
 META_FILE = "quark.json"
+RUN_FILE = "run.json"  # what the run directory's pool and checkpoints belong to
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints")  # may change between a crash and the restart
 
 
 @dataclass
@@ -65,6 +82,15 @@ class QuarkConfig:
     bf16: bool = field(
         default=False, metadata={"help": "bfloat16 autocast for forward passes (fast on CPUs with AVX-512 BF16)"}
     )
+    checkpoint_every: int | None = field(
+        default=None, metadata={"help": "also checkpoint every N gradient steps inside a round (round ends always)"}
+    )
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest complete checkpoints kept while training"})
+    lora: dict | None = field(
+        default=None,
+        metadata={"help": "LoRA through PEFT, {r, alpha, dropout, target_modules} (defaults 16, 32, 0.0, PEFT's for "
+                  "the architecture); the reference is the base with adapters disabled; None: full fine-tuning"},
+    )  # fmt: skip
 
 
 def reward_token_names(k: int) -> list[str]:
@@ -108,86 +134,271 @@ def quark_loss(
     return loss, stats
 
 
+def add_lora(model: PreTrainedModel, lora: dict, trainable_token_ids: list[int]) -> PreTrainedModel:
+    """Wrap the policy in PEFT LoRA adapters; the reward tokens' embedding rows stay trainable."""
+    unknown = sorted(set(lora) - set(LORA_KEYS))
+    if unknown:
+        raise SuiteError(
+            f"methods/quark/method.yaml: unknown lora option(s) {', '.join(unknown)} (known: {', '.join(LORA_KEYS)})"
+        )
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
+                        target_modules=lora.get("target_modules"), trainable_token_indices=trainable_token_ids,
+                        task_type="CAUSAL_LM")  # fmt: skip
+    return get_peft_model(model, config)
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """An independent seed per (seed, round, batch, ...): a resumed job draws exactly what it would have drawn."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
 class Trainer:
-    """Holds the models and the pool; `explore` and `learn` are one round's two halves."""
+    """Holds the models, the pool and the checkpoints; `explore` and `learn` are one round's two halves."""
 
     def __init__(self, task: Task, base_model: Path, out_dir: Path, cfg: QuarkConfig, seed: int, device: str):
-        self.task, self.cfg, self.out_dir, self.device = task, cfg, Path(out_dir), device
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.rng = np.random.default_rng(seed)
-        self.policy, self.tokenizer = load_model(base_model, device)
-        self.ref, _ = load_model(base_model, device)
-        self.ref.requires_grad_(False)
-        self.vocab_size = self.ref.get_input_embeddings().num_embeddings  # V0, the original vocabulary
-        self.reward_ids = add_reward_tokens(self.policy, self.tokenizer, cfg.num_quantiles)
+        self.task, self.cfg, self.seed, self.out_dir = task, cfg, seed, Path(out_dir)
+        self.acc = Accelerator(cpu=str(device) == "cpu")
+        if self.acc.distributed_type == DistributedType.FSDP:
+            raise SuiteError("Quark's exploration cannot generate from FSDP-sharded parameters; launch with "
+                             "workflow/accelerate/ddp.yaml, deepspeed_zero2.yaml or deepspeed_zero3.yaml")  # fmt: skip
+        self.rank, self.world, self.main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
+        if cfg.batch_size < self.world:
+            raise SuiteError(f"batch_size {cfg.batch_size} is smaller than the {self.world} processes sharing it")
+        self.device = self.acc.device if self.world > 1 else torch.device(device)
+        self.quiet = {} if self.main else {"disable": True}  # progress bars from the main process only
         self.prompts = task.train_prompts
+        self.checkpoints = Checkpoints(self.out_dir / "checkpoints", "quark", cfg.keep_checkpoints)
+        self.pool: Pool | None = None  # the main process's; the others receive its samples
+        resume = self.open_run() if self.main else None
+        resume = broadcast_object_list([resume])[0]
+
+        policy, self.tokenizer = load_model(base_model, self.device)
+        self.vocab_size = policy.get_input_embeddings().num_embeddings  # V0, the original vocabulary
+        self.reward_ids = add_reward_tokens(policy, self.tokenizer, cfg.num_quantiles)
+        if cfg.lora is not None:
+            policy, self.ref = add_lora(policy, cfg.lora, self.reward_ids), None  # p0 = policy without adapters
+        else:
+            self.ref = load_model(base_model, self.device)[0].requires_grad_(False)
         self.prompt_ids = encode_prompts(self.tokenizer, [p.text for p in self.prompts], cfg.max_prompt_tokens)
-        pool_path = self.out_dir / "pool.sqlite"
-        for stale in (pool_path, pool_path.with_name("pool.sqlite-wal"), pool_path.with_name("pool.sqlite-shm")):
-            stale.unlink(missing_ok=True)  # a fresh job starts a fresh pool; resuming one is issue 6's checkpointing
-        self.pool = Pool(pool_path)
         total_steps = cfg.num_rounds * cfg.steps_per_round
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)  # fmt: skip
+        self.zero3 = self.configure_deepspeed()
+        self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, min(cfg.warmup_steps, total_steps), total_steps
         )
         self.kl_ctl = KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.horizon)
-        self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         self.stats = {"dropped_unscored": 0, "explore_tokens": 0, "explore_seconds": 0.0, "train_sequences": 0,
-                      "train_seconds": 0.0, "rounds": []}  # fmt: skip
+                      "train_seconds": 0.0, "processes": self.world, "resumed_from": [], "rounds": []}  # fmt: skip
+        self.round, self.step = 0, 0  # the next round, and the steps of it already taken
+        self.history: list[dict] = []  # this round's step statistics
+        self.explored: dict = {}  # this round's exploration summary
+        if resume is not None:
+            self.restore(Path(resume))
+        self.writer = SummaryWriter(str(self.out_dir / "tensorboard")) if self.main else None
+
+    def configure_deepspeed(self) -> bool:
+        """Under DeepSpeed (not installed here, untested): set the micro-batch; True for ZeRO-3."""
+        plugin = self.acc.state.deepspeed_plugin
+        if plugin is None:
+            return False
+        if plugin.zero_stage == 3 and self.cfg.lora is not None:
+            raise SuiteError("LoRA under DeepSpeed ZeRO-3 is not supported; use deepspeed_zero2.yaml or ddp.yaml")
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = -(-self.cfg.batch_size // self.world)
+        return plugin.zero_stage == 3
+
+    # ---- the run directory: resume what belongs to this run, start afresh otherwise ----
+
+    def identity(self) -> dict:
+        config = {k: v for k, v in asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
+        prompts = hashlib.sha256(json.dumps([[p.id, p.text] for p in self.prompts]).encode()).hexdigest()
+        return {"seed": self.seed, "task": self.task.name, "config": config, "prompts_sha256": prompts}
+
+    def open_run(self) -> str | None:
+        """Main process: open the pool, and name the checkpoint to resume from (None: none, or a fresh run)."""
+        ensure_writable(self.out_dir)
+        run_file, pool_path = self.out_dir / RUN_FILE, self.out_dir / "pool.sqlite"
+        try:
+            previous = json.loads(run_file.read_text()) if run_file.is_file() else None
+        except json.JSONDecodeError as exc:
+            raise SuiteError(
+                f"{run_file}: not valid JSON ({exc.msg}); move {self.out_dir} away to start afresh"
+            ) from None
+        if previous is not None and previous.get("version") != CHECKPOINT_VERSION:
+            raise SuiteError(f"{run_file}: run of version {previous.get('version')!r}, this code resumes version "
+                             f"{CHECKPOINT_VERSION}; move {self.out_dir} away to start afresh")  # fmt: skip
+        identity = json.loads(json.dumps(self.identity()))  # as it reads back from JSON
+        resume = previous is not None and not previous["finished"] and previous["identity"] == identity
+        if not resume:
+            if previous is not None and not previous["finished"]:
+                tqdm.write(f"{self.out_dir}: an unfinished run with other settings is here; starting afresh")
+            self.checkpoints.clear()
+            for stale in (pool_path, pool_path.with_name("pool.sqlite-wal"), pool_path.with_name("pool.sqlite-shm")):
+                stale.unlink(missing_ok=True)
+        self.pool = Pool(pool_path)
+        latest = self.checkpoints.latest() if resume else None
+        if latest is not None:
+            self.checkpoints.check(latest)  # before anything is written
+        write_json(run_file, {"version": CHECKPOINT_VERSION, "finished": False, "identity": identity})
+        if resume:
+            tqdm.write(f"{self.out_dir}: resuming from {latest or 'the start'} with {len(self.pool)} scored samples")
+        return None if latest is None else str(latest)
+
+    @property
+    def global_step(self) -> int:
+        return self.round * self.cfg.steps_per_round + self.step
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """Every parameter, whole: under ZeRO-3 gathered from the shards (a collective), else the module's own."""
+        if self.zero3:
+            return self.acc.get_state_dict(self.policy)
+        return dict(self.acc.unwrap_model(self.policy).named_parameters())
+
+    def save_checkpoint(self) -> None:
+        weights = self.full_weights()
+        if self.main:
+            model = self.acc.unwrap_model(self.policy)
+            tensors = {name: weights[name] for name, p in model.named_parameters() if p.requires_grad}
+            rng_tensors, rng_plain = rng_state()
+            # DeepSpeed partitions AdamW's moments across processes: its checkpoints restart them (untested here)
+            optimizer = None if self.acc.distributed_type == DistributedType.DEEPSPEED else self.optimizer.state_dict()
+            objects = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng_tensors}
+            state = {"round": self.round, "step": self.step, "kl_coef": self.kl_ctl.value, "stats": self.stats,
+                     "history": self.history, "explored": self.explored, "rng": rng_plain}  # fmt: skip
+            self.checkpoints.save(self.global_step, tensors, objects, state)
+        self.acc.wait_for_everyone()
+
+    def restore(self, path: Path) -> None:
+        tensors, objects, state = self.checkpoints.load(path)
+        model = self.acc.unwrap_model(self.policy)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(tensors) != trainable:
+            raise SuiteError(f"{path}/weights.safetensors: its tensors do not match this model's trainable ones; "
+                             f"move {path.parent} away to start afresh")  # fmt: skip
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in tensors:
+                    p.copy_(tensors[name])
+        if objects["optimizer"] is not None:
+            self.optimizer.load_state_dict(objects["optimizer"])
+        self.scheduler.load_state_dict(objects["scheduler"])
+        set_rng_state(objects["rng"], state["rng"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.round, self.step = state["round"], state["step"]
+        self.stats, self.history, self.explored = state["stats"], state["history"], state["explored"]
+        self.stats["resumed_from"].append(path.name)
+        self.stats["processes"] = self.world
+
+    # ---- one round ----
 
     def autocast(self):
-        return torch.autocast("cpu" if self.device == "cpu" else "cuda", dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    @contextlib.contextmanager
+    def reference(self):
+        """p0: the frozen copy, or under LoRA the policy itself with its adapters (and new token rows) disabled."""
+        if self.ref is not None:
+            yield self.ref
+            return
+        model = self.acc.unwrap_model(self.policy)
+        was_training = model.training
+        model.eval()
+        try:
+            with model.disable_adapter():
+                yield model
+        finally:
+            model.train(was_training)
+
+    @contextlib.contextmanager
+    def sampler(self, rnd: int):
+        """The model exploration samples from: p0 at round 0, else the policy (parameters gathered under ZeRO-3)."""
+        if rnd == 0:
+            with self.reference() as model:
+                yield model
+        elif self.zero3:
+            from trl.models.utils import unwrap_model_for_generation  # a collective: every process enters it
+
+            with unwrap_model_for_generation(self.policy, self.acc) as model:
+                yield model
+        else:
+            yield self.acc.unwrap_model(self.policy)
+
+    def sample_batch(
+        self, model: PreTrainedModel, rnd: int, batch: int, slots: list[int], chosen: list[int]
+    ) -> list[Sample]:
+        """Sample and score one exploration batch, from its own seed: the same draw whenever and wherever it runs."""
+        prefix = [] if rnd == 0 else [self.reward_ids[0]]
+        suppress = None if rnd == 0 and self.ref is not None else self.reward_ids  # the frozen p0 has no such rows
+        sampling = replace(self.task.sampling, top_p=self.cfg.explore_top_p, batch_size=len(slots), do_sample=True)
+        prompts = [chosen[i] for i in slots]
+        torch.manual_seed(derived_seed(self.seed, rnd, 0, batch))
+        with self.autocast():
+            completions = sample(model, self.tokenizer, [prefix + self.prompt_ids[p] for p in prompts], sampling,
+                                 suppress, desc=f"batch {batch}")  # fmt: skip
+        texts, rewards = score_completions(self.task.reward, self.tokenizer, [self.prompts[p].text for p in prompts],
+                                           completions, desc=f"round {rnd}: scoring")  # fmt: skip
+        return [Sample(self.prompts[p].id, self.prompt_ids[p], c, self.prompts[p].text, t, r, rnd, i)
+                for i, p, c, t, r in zip(slots, prompts, completions, texts, rewards)]  # fmt: skip
 
     def explore(self, rnd: int) -> list[float]:
+        """Sample and score this round's batches not yet in the pool; returns the round's scored rewards (main)."""
         cfg = self.cfg
         n = len(self.prompts) if cfg.prompts_per_round is None else min(cfg.prompts_per_round, len(self.prompts))
-        chosen = self.rng.choice(len(self.prompts), size=n, replace=False)
-        chosen = [i for i in chosen for _ in range(cfg.samples_per_prompt)]
-        sampling = Sampling(self.task.sampling.max_new_tokens, cfg.explore_top_p, batch_size=cfg.sample_batch_size)
+        chosen = np.random.default_rng([self.seed, rnd, 0]).choice(len(self.prompts), size=n, replace=False)
+        chosen = [int(i) for i in chosen for _ in range(cfg.samples_per_prompt)]
+        batches = [list(range(s, min(s + cfg.sample_batch_size, len(chosen))))
+                   for s in range(0, len(chosen), cfg.sample_batch_size)]  # fmt: skip
+        if self.main and cfg.clear_pool_each_round:
+            self.pool.clear(before_round=rnd)
+        done = broadcast_object_list([self.pool.explored_slots(rnd) if self.main else None])[0]
+        todo = [b for b, slots in enumerate(batches) if not set(slots) <= done]
         started = time.perf_counter()
-        if rnd == 0:
-            model, prefixes, suppress = self.ref, [self.prompt_ids[i] for i in chosen], None
-        else:
-            best = self.reward_ids[0]
-            model, prefixes, suppress = self.policy, [[best] + self.prompt_ids[i] for i in chosen], self.reward_ids
         self.policy.eval()
-        with self.autocast():
-            completions = sample(model, self.tokenizer, prefixes, sampling, suppress, desc=f"round {rnd}: exploring")
+        # one wave = one batch per process; every process joins every wave's gather, even without a batch of its own
+        for wave in tqdm(range(0, len(todo), self.world), desc=f"round {rnd}: exploring", **self.quiet):
+            mine = todo[wave + self.rank] if wave + self.rank < len(todo) else None
+            with self.sampler(rnd) as model:
+                rows = [] if mine is None else self.sample_batch(model, rnd, mine, batches[mine], chosen)
+            rows = gather_object(rows)
+            if self.main:
+                self.pool.add(sorted(rows, key=lambda s: s.slot))  # committed before anyone trains on it
         self.stats["explore_seconds"] += time.perf_counter() - started
-        self.stats["explore_tokens"] += sum(len(c) for c in completions)
-
-        prompt_texts = [self.prompts[i].text for i in chosen]
-        texts, rewards = score_completions(self.task.reward, self.tokenizer, prompt_texts, completions,
-                                           desc=f"round {rnd}: scoring")  # fmt: skip
-        kept = [
-            Sample(self.prompts[i].id, self.prompt_ids[i], c, self.prompts[i].text, t, r, rnd)
-            for i, c, t, r in zip(chosen, completions, texts, rewards)
-            if r is not None
-        ]
-        self.stats["dropped_unscored"] += len(rewards) - len(kept)
-        if cfg.clear_pool_each_round:
-            self.pool.clear()
-        self.pool.add(kept)
+        if not self.main:
+            return []
+        explored = self.pool.samples(rnd, scored_only=False)
         if cfg.pool_max_size is not None:
             self.pool.keep_newest(cfg.pool_max_size)
-        return [s.reward for s in kept]
+        self.stats["explore_tokens"] += sum(len(s.completion_ids) for s in explored)
+        self.stats["dropped_unscored"] = self.pool.unscored()
+        return [s.reward for s in explored if s.reward is not None]
 
-    def learn(self, rnd: int) -> dict[str, float]:
+    def learn(self, rnd: int) -> tuple[dict[str, float], list]:
+        """Train on the whole pool from step `self.step`; returns the round's mean statistics and its quantile cuts."""
         cfg = self.cfg
-        pool = self.pool.samples()
+        pool = broadcast_object_list([self.pool.samples() if self.main else None])[0]
         if not pool:
             raise SuiteError(f"round {rnd}: the pool is empty (the reward returned None for every sample)")
-        quantiles = assign_quantiles(np.array([s.reward for s in pool]), cfg.num_quantiles)
-        for k in range(cfg.num_quantiles):
-            in_k = [s.reward for s, q in zip(pool, quantiles) if q == k]
-            if in_k:
-                self.writer.add_scalar(f"reward/quantile_{k}", float(np.mean(in_k)), rnd)
-        order = self.rng.permutation(len(pool))
+        rewards = np.array([s.reward for s in pool])
+        quantiles = assign_quantiles(rewards, cfg.num_quantiles)
+        cuts = [
+            float(rewards[quantiles == k].min()) if (quantiles == k).any() else None for k in range(cfg.num_quantiles)
+        ]
+        if self.main and self.step == 0:
+            for k in range(cfg.num_quantiles):
+                if (quantiles == k).any():
+                    self.writer.add_scalar(f"reward/quantile_{k}", float(rewards[quantiles == k].mean()), rnd)
+        order = np.random.default_rng([self.seed, rnd, 1]).permutation(len(pool))
+        if self.step == 0:  # mid-round, the checkpoint restored the RNG
+            torch.manual_seed(derived_seed(self.seed, rnd, 1))
         self.policy.train()
-        started, history = time.perf_counter(), []
-        for step in tqdm(range(cfg.steps_per_round), desc=f"round {rnd}: training", leave=False):
-            idx = [order[(step * cfg.batch_size + j) % len(pool)] for j in range(cfg.batch_size)]
+        started, first_step = time.perf_counter(), self.step
+        for step in tqdm(range(self.step, cfg.steps_per_round), desc=f"round {rnd}: training", leave=False,
+                         **self.quiet):  # fmt: skip
+            batch = [order[(step * cfg.batch_size + j) % len(pool)] for j in range(cfg.batch_size)]
+            idx = batch[self.rank :: self.world]  # this process's share of the global batch
             prompts = [pool[i].prompt_ids for i in idx]
             completions = [pool[i].completion_ids for i in idx]
             conditioned = pack([[self.reward_ids[quantiles[i]]] + p for i, p in zip(idx, prompts)], completions,
@@ -195,60 +406,111 @@ class Trainer:
             plain = pack(prompts, completions, self.tokenizer.pad_token_id)
             with self.autocast():
                 logits = completion_logits(self.policy, conditioned)[..., : self.vocab_size]
-                with torch.no_grad():
-                    ref_logits = completion_logits(self.ref, plain)
+                with torch.no_grad(), self.reference() as ref:
+                    ref_logits = completion_logits(ref, plain)[..., : self.vocab_size]
             loss, stats = quark_loss(logits, ref_logits, conditioned.completion_ids, conditioned.completion_mask,
                                      self.kl_ctl.value, cfg.entropy_coef)  # fmt: skip
+            tokens = conditioned.completion_mask.sum().item()
+            if self.world > 1:  # DDP averages the processes' gradients: weight each by its share of the tokens
+                all_tokens = self.acc.reduce(torch.tensor(float(tokens), device=self.device), "sum").item()
+                loss = loss * tokens * self.world / all_tokens
+                stats = self.reduce_stats(stats, tokens, len(idx))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.acc.backward(loss)
             if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.kl_ctl.update(stats["kl_per_sequence"], cfg.batch_size)
-            history.append(stats)
+            self.history.append(stats)
+            self.step = step + 1
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps_per_round:
+                self.save_checkpoint()
         seconds = time.perf_counter() - started
         self.stats["train_seconds"] += seconds
-        self.stats["train_sequences"] += cfg.steps_per_round * cfg.batch_size
-        summary = {key: float(np.mean([h[key] for h in history])) for key in history[0]} if history else {}
-        summary["sequences_per_second"] = cfg.steps_per_round * cfg.batch_size / max(seconds, 1e-9)
-        return summary
+        sequences = (cfg.steps_per_round - first_step) * cfg.batch_size
+        self.stats["train_sequences"] += sequences
+        summary = (
+            {key: float(np.mean([h[key] for h in self.history])) for key in self.history[0]} if self.history else {}
+        )
+        summary["sequences_per_second"] = sequences / max(seconds, 1e-9)
+        return summary, cuts
+
+    def reduce_stats(self, stats: dict[str, float], tokens: int, sequences: int) -> dict[str, float]:
+        """Per-token means and the per-sequence KL over the global batch, identical on every process."""
+        per_token = ("loss", "nll", "kl", "entropy")
+        local = [stats[k] * tokens for k in per_token] + [stats["kl_per_sequence"] * sequences, tokens, sequences]
+        total = self.acc.reduce(torch.tensor(local, dtype=torch.float64, device=self.device), "sum").tolist()
+        out = {k: total[i] / max(total[5], 1) for i, k in enumerate(per_token)}
+        out["kl_per_sequence"] = total[4] / max(total[6], 1)
+        return out
 
     def run(self) -> Path:
-        for rnd in tqdm(range(self.cfg.num_rounds), desc="quark rounds"):
-            started = time.perf_counter()
-            rewards = self.explore(rnd)
-            explore_seconds = time.perf_counter() - started
-            summary = self.learn(rnd)
-            record = {"round": rnd, "explored": len(rewards), "explore_reward": float(np.mean(rewards)) if rewards else None,
-                      "pool_size": len(self.pool), "kl_coef": self.kl_ctl.value,
-                      "samples_per_second": len(rewards) / max(explore_seconds, 1e-9), **summary}  # fmt: skip
-            self.stats["rounds"].append(record)
-            for key, value in record.items():
-                if isinstance(value, float) and key != "round":
-                    self.writer.add_scalar(f"quark/{key}", value, rnd)
-            tqdm.write(f"round {rnd}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+        for rnd in tqdm(range(self.round, self.cfg.num_rounds), desc="quark rounds", **self.quiet):
+            if self.step == 0:
+                started = time.perf_counter()
+                rewards = self.explore(rnd)
+                self.explored = {"explored": len(rewards), "explore_reward": float(np.mean(rewards)) if rewards else None,
+                                 "samples_per_second": len(rewards) / max(time.perf_counter() - started, 1e-9)}  # fmt: skip
+            summary, cuts = self.learn(rnd)
+            # every process must reach the round's end with the same step count, pool and quantile boundaries
+            ends = gather_object([[rnd, self.global_step, cuts]])
+            if any(end != ends[0] for end in ends):
+                raise RuntimeError(f"round {rnd}: processes out of lock-step: {ends}")
+            self.round, self.step = rnd + 1, 0
+            if self.main:
+                record = {"round": rnd, **self.explored, "pool_size": len(self.pool), "kl_coef": self.kl_ctl.value,
+                          "dropped_unscored": self.stats["dropped_unscored"], **summary, "process_ends": ends}  # fmt: skip
+                self.stats["rounds"].append(record)
+                for key, value in record.items():
+                    if isinstance(value, float):
+                        self.writer.add_scalar(f"quark/{key}", value, rnd)
+                tqdm.write(
+                    f"round {rnd}: "
+                    + ", ".join(
+                        f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, (int, float)) and k != "round"
+                    )
+                )
+            self.history, self.explored = [], {}
+            self.save_checkpoint()
         return self.save()
 
     def save(self) -> Path:
+        """Write the model (merged, without PEFT, under LoRA) whole, the statistics, then retire the checkpoints."""
         model_dir = self.out_dir / "model"
-        self.policy.save_pretrained(model_dir)
-        self.tokenizer.save_pretrained(model_dir)
-        meta = {"reward_tokens": reward_token_names(self.cfg.num_quantiles), "reward_token_ids": self.reward_ids,
-                "best_quantile": 0, "base_vocab_size": self.vocab_size, "config": asdict(self.cfg)}  # fmt: skip
-        write_json(model_dir / META_FILE, meta)
-        s = self.stats
-        s["explore_tokens_per_second"] = s["explore_tokens"] / max(s["explore_seconds"], 1e-9)
-        s["train_sequences_per_second"] = s["train_sequences"] / max(s["train_seconds"], 1e-9)
-        write_json(self.out_dir / "train_stats.json", s)
-        self.writer.close()
-        self.pool.close()
+        weights = self.full_weights() if self.zero3 else None
+        if self.main:
+            model = self.acc.unwrap_model(self.policy)
+            if self.cfg.lora is not None:
+                model = model.merge_and_unload()
+            tmp = self.out_dir / "model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                model.save_pretrained(tmp, state_dict=weights)
+                self.tokenizer.save_pretrained(tmp)
+                meta = {"reward_tokens": reward_token_names(self.cfg.num_quantiles), "reward_token_ids": self.reward_ids,
+                        "best_quantile": 0, "base_vocab_size": self.vocab_size, "config": asdict(self.cfg)}  # fmt: skip
+                write_json(tmp / META_FILE, meta)
+                shutil.rmtree(model_dir, ignore_errors=True)
+                tmp.rename(model_dir)
+                s = self.stats
+                s["explore_tokens_per_second"] = s["explore_tokens"] / max(s["explore_seconds"], 1e-9)
+                s["train_sequences_per_second"] = s["train_sequences"] / max(s["train_seconds"], 1e-9)
+                write_json(self.out_dir / "train_stats.json", s)
+                run = json.loads((self.out_dir / RUN_FILE).read_text())
+                write_json(self.out_dir / RUN_FILE, {**run, "finished": True})
+            except OSError as exc:
+                raise SuiteError(f"could not write the model to {model_dir} ({exc.strerror or exc})") from None
+            self.writer.close()
+            self.pool.close()
+            self.checkpoints.clear()
+        self.acc.wait_for_everyone()
         return model_dir
 
 
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     set_seed(seed)
-    cfg = from_dict(QuarkConfig, hparams, "methods/quark/method.yaml")
+    cfg = from_dict_for_task(QuarkConfig, hparams, task.name, "methods/quark/method.yaml")
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()
 
 

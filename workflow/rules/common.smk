@@ -147,12 +147,13 @@ def rows_for(task):
 def hparams(method, task=None):
     """method.yaml's hyperparameters for this profile, then the config's `hparams.<method>` on top.
 
-    Either level may hold `tasks: {<task>: {...}}`, overrides for one task (longer repetition completions, say).
+    Either level may hold `per_task: {<task>: {...}}`, overrides for one task (longer repetition completions, say);
+    the method receives the merged values, and model.json records them.
     """
     merged = {}
     for level in ((METHODS[method].get("hparams") or {}).get(PROFILE), config.get("hparams", {}).get(method)):
         level = dict(level or {})
-        per_task = level.pop("tasks", None) or {}
+        per_task = level.pop("per_task", None) or {}
         merged.update(level)
         merged.update(per_task.get(task) or {})
     return merged

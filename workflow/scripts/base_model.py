@@ -5,6 +5,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
 from evaluation.tasks import wikitext_articles  # noqa: E402
+from methods.common.checkpoint import atomic_output  # noqa: E402
 from methods.common.data import read_prompts  # noqa: E402
 from methods.common.models import build_base_model  # noqa: E402
 
@@ -19,7 +20,8 @@ def texts(path):
 def run(sm):
     spec = sm.params.spec
     corpus = [t for path in dict.fromkeys(sm.input.prompts) for t in texts(path)] if spec == "tiny" else None
-    build_base_model(spec, sm.output[0], corpus, tiny=dict(sm.params.tiny))
+    with atomic_output(sm.output[0]) as tmp:
+        build_base_model(spec, tmp, corpus, tiny=dict(sm.params.tiny))
 
 
 main(run, snakemake)  # noqa: F821

@@ -7,6 +7,7 @@ from _job import main  # noqa: E402
 from evaluation.perplexity import conditional_perplexity  # noqa: E402
 from evaluation.scorers import get_scorer  # noqa: E402
 from evaluation.tasks import task_spec  # noqa: E402
+from methods.common.checkpoint import atomic_output  # noqa: E402
 from methods.common.data import read_jsonl, read_prompts, write_json  # noqa: E402
 from methods.common.models import load_model  # noqa: E402
 
@@ -21,7 +22,8 @@ def run(sm):
     spec = dict(sm.params.scorer or {})
     scorer = get_scorer(spec.pop("name"), **spec) if spec else None
     metrics, per_prompt = evaluator.evaluate(records, scorer, perplexity, prompts, task)
-    per_prompt.to_csv(sm.output.per_prompt)
+    with atomic_output(sm.output.per_prompt) as tmp:
+        per_prompt.to_csv(tmp)
     write_json(sm.output.metrics, metrics)
     print({k: v for k, v in metrics.items() if k != "ci95"})
 

@@ -1,26 +1,38 @@
-import importlib
 import json
+import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
-from methods.common.data import read_prompts, write_json  # noqa: E402
-from methods.common.rewards import get_reward  # noqa: E402
-from methods.common.sampling import eval_sampling  # noqa: E402
-from methods.common.task import Task, read_corpus  # noqa: E402
+from train_job import LAUNCHABLE, run_job  # noqa: E402
+
+from methods.common.data import write_json  # noqa: E402
+from methods.common.errors import SuiteError  # noqa: E402
 
 
 def run(sm):
-    method = importlib.import_module(f"methods.{sm.wildcards.method}")
-    reward_spec = dict(sm.params.reward)
-    reward = get_reward(reward_spec.pop("name"), **reward_spec)
-    sampling, _ = eval_sampling(sm.params.eval)
-    task = Task(sm.wildcards.task, read_prompts(sm.input.prompts), reward, sampling, read_corpus(sm.input.corpus))
     out_dir = Path(sm.output[0]).parent
-    model_dir = method.train(task, Path(sm.input.base), out_dir, dict(sm.params.hparams), seed=int(sm.wildcards.seed),
-                             device=sm.params.device)  # fmt: skip
+    job = {"method": sm.wildcards.method, "task": sm.wildcards.task, "prompts": sm.input.prompts,
+           "corpus": sm.input.corpus, "base": sm.input.base, "reward": dict(sm.params.reward),
+           "eval": dict(sm.params.eval), "hparams": dict(sm.params.hparams), "seed": int(sm.wildcards.seed),
+           "device": sm.params.device, "out_dir": str(out_dir)}  # fmt: skip
+    launcher = os.environ.get("SUITE_LAUNCHER")  # e.g. "accelerate launch --config_file workflow/accelerate/ddp.yaml"
+    if launcher and sm.wildcards.method in LAUNCHABLE:
+        write_json(out_dir / "job.json", job)
+        launched = subprocess.run(
+            [*shlex.split(launcher), str(Path(sm.scriptdir) / "train_job.py"), str(out_dir / "job.json")]
+        )
+        if launched.returncode != 0:
+            raise SuiteError(
+                f"training job launched with '{launcher}' failed (exit {launched.returncode}); its log is above"
+            )
+        model_dir = json.loads((out_dir / "launched.json").read_text())["model_dir"]
+    else:
+        model_dir = run_job(job)
     write_json(sm.output[0], {"model_dir": str(model_dir), "method": sm.wildcards.method, "seed": int(sm.wildcards.seed),
                               "hparams": dict(sm.params.hparams)})  # fmt: skip
     print(json.dumps({"model_dir": str(model_dir)}))

@@ -1,0 +1,171 @@
+"""Job-level checkpoints for long training jobs: written whole or not at all, read back without unpickling.
+
+A checkpoint is a directory `<root>/ckpt-<global step>/` holding
+    weights.safetensors   the trainable tensors (every parameter for full fine-tuning; adapters and new rows for LoRA)
+    trainer.pt            optimizer, scheduler and torch RNG states: tensors and plain containers only, read back
+                          with `torch.load(..., weights_only=True)`
+    state.json            format version, counters, controller values, numpy and Python RNG states; written last
+It is written under a temporary name and renamed into place, so a job killed mid-write leaves only a `.tmp`
+directory, which the next start removes. The newest `keep` complete checkpoints stay on disk.
+
+Any trainer adopts it in three calls: `Checkpoints(root, kind).latest()` at start-up, `.load(path)` to restore,
+and `.save(step, tensors, objects, state)` at the points it wants to resume from; `rng_state`/`set_rng_state`
+capture every RNG and `ensure_writable` fails early on a read-only results directory (see methods/quark/quark.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from methods.common.errors import SuiteError
+
+CHECKPOINT_VERSION = 1
+_PREFIX = "ckpt-"
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` that becomes `path` only if the block ends without an error.
+
+    For a file or a directory alike; the temporary name keeps the suffix, for writers that choose a format by it
+    (matplotlib). A job killed mid-write never leaves a half-written output under its final name.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def ensure_writable(directory: str | Path) -> Path:
+    """Create `directory` if needed and prove it writable now, rather than after hours of training."""
+    directory = Path(directory)
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SuiteError(f"results directory {directory} is not writable ({exc.strerror or exc})") from None
+    return directory
+
+
+def rng_state() -> tuple[dict, dict]:
+    """(tensors for trainer.pt, JSON for state.json) capturing torch, CUDA, numpy and Python RNGs."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state_all()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    plain = {"numpy": [kind, keys.tolist(), pos, has_gauss, gauss], "python": [version, list(internal), gauss_next]}
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict, plain: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(tensors["cuda"])
+    kind, keys, pos, has_gauss, gauss = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = plain["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpoints:
+    """The checkpoints of one job under `root`, newest last; `kind` names the trainer that wrote them."""
+
+    def __init__(self, root: str | Path, kind: str, keep: int = 2):
+        if keep < 1:
+            raise SuiteError(f"keep_checkpoints must be at least 1, got {keep}")
+        self.root, self.kind, self.keep = Path(root), kind, keep
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first: renamed into place, with their state.json."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if p.name.startswith(_PREFIX) and p.name[len(_PREFIX) :].isdigit()]
+        return sorted((p for p in found if (p / "state.json").is_file()), key=lambda p: int(p.name[len(_PREFIX) :]))
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, after removing what a killed job left half-written."""
+        if self.root.is_dir():
+            for stale in self.root.glob("*.tmp*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        done = self.complete()
+        return done[-1] if done else None
+
+    def save(self, step: int, tensors: dict[str, torch.Tensor], objects: dict, state: dict) -> Path:
+        """Write one checkpoint atomically; on any OSError (disk full, permissions) the older ones stay intact."""
+        final = self.root / f"{_PREFIX}{step:09d}"
+        if (final / "state.json").is_file():
+            return final  # a step is written once: a resumed job reaching it again holds the same state
+        tmp = self.root / f"{final.name}.tmp{os.getpid()}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "weights.safetensors")
+            torch.save(objects, tmp / "trainer.pt")
+            meta = {"version": CHECKPOINT_VERSION, "kind": self.kind, "step": step, **state}
+            (tmp / "state.json").write_text(json.dumps(meta) + "\n")
+            for name in ("weights.safetensors", "trainer.pt", "state.json"):
+                _fsync(tmp / name)
+            tmp.rename(final)
+            _fsync(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SuiteError(
+                f"could not write checkpoint {final} ({exc.strerror or exc}); older ones are intact"
+            ) from None
+        for old in self.complete()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def check(self, path: str | Path) -> dict:
+        """The state of one checkpoint; a version or trainer mismatch is a one-line SuiteError naming the file."""
+        state_file = Path(path) / "state.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SuiteError(f"{state_file}: unreadable checkpoint state ({exc})") from None
+        if state.get("version") != CHECKPOINT_VERSION or state.get("kind") != self.kind:
+            raise SuiteError(
+                f"{state_file}: checkpoint of {state.get('kind')!r} version {state.get('version')!r}, this code "
+                f"resumes {self.kind!r} version {CHECKPOINT_VERSION}; move {Path(path).parent} away to start afresh"
+            )
+        return state
+
+    def load(self, path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+        """(tensors, objects, state) of one checkpoint, checked as `check` does."""
+        path = Path(path)
+        state = self.check(path)
+        tensors = load_file(path / "weights.safetensors")
+        objects = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+        return tensors, objects, state
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,51 @@
+"""One training job from a JSON file, so a launcher can start it: `accelerate launch ... train_job.py JOB.json`.
+
+The DAG's train rule (workflow/scripts/train.py) writes the job file and, when $SUITE_LAUNCHER is set (say
+`accelerate launch --config_file workflow/accelerate/ddp.yaml`), runs this script through it for the methods in
+LAUNCHABLE; otherwise it calls `run_job` in its own process. The job's main process writes
+`<out_dir>/launched.json` with the model directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHABLE = {"quark"}  # methods whose trainers run data-parallel under Accelerate; the others run in one process
+
+
+def run_job(job: dict) -> Path:
+    """Build the task (prompts, corpus, reward, exploration sampling) and call the method's train()."""
+    from methods.common.rewards import get_reward
+    from methods.common.data import read_prompts
+    from methods.common.sampling import eval_sampling
+    from methods.common.task import Task, read_corpus
+
+    method = importlib.import_module(f"methods.{job['method']}")
+    spec = dict(job["reward"])
+    reward = get_reward(spec.pop("name"), **spec)
+    sampling, _ = eval_sampling(job["eval"])
+    task = Task(job["task"], read_prompts(job["prompts"]), reward, sampling, read_corpus(job["corpus"]))
+    return method.train(task, Path(job["base"]), Path(job["out_dir"]), dict(job["hparams"]), seed=int(job["seed"]),
+                        device=job["device"])  # fmt: skip
+
+
+def main() -> None:
+    from accelerate import PartialState
+
+    from methods.common.data import write_json
+
+    job = json.loads(Path(sys.argv[1]).read_text())
+    model_dir = run_job(job)
+    if PartialState().is_main_process:
+        write_json(Path(job["out_dir"]) / "launched.json", {"model_dir": str(model_dir)})
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    from methods.common.errors import run_cli
+
+    run_cli(main)
