@@ -1,0 +1,241 @@
+"""GRPO (Shao et al. 2024) through TRL's `GRPOTrainer`: the online trainer a user would pick today instead of Quark.
+
+for step = 1 .. scored_samples / batch_size:
+    sample     G completions for each of batch_size / G train prompts, with the current policy (top-p 1.0)
+    score      reward each completion with the task's reward (None: left out of the loss and counted)
+    advantage  A_i = (r_i - mean of its group) / std of its group
+    learn      one AdamW step on the clipped surrogate -min(rho * A, clip(rho, 1 +- eps) * A)
+               + beta * KL_k3(pi || p0), averaged over every completion token of the batch (TRL's "dapo")
+
+TRL runs the loop; this file maps the suite's method contract onto it: the task's reward as `reward_funcs`,
+prompts cut from the left, the scored-sample budget as `max_steps`, and a `train_stats.json` from TRL's log history.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import trl
+from datasets import Dataset
+from packaging.version import Version
+from torch.utils.tensorboard import SummaryWriter
+from transformers import set_seed
+from transformers.integrations import TensorBoardCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from methods.common.config import from_dict
+from methods.common.data import write_json
+from methods.common.errors import SuiteError
+from methods.common.models import encode_prompts, load_model
+from methods.common.rewards import Reward, score_rewards
+from methods.common.task import Task
+
+SOURCE = "methods/grpo/method.yaml"
+MIN_TRL = "1.16"  # the TRL this was written and tested against; SuiteGRPOTrainer overrides two of its private hooks
+
+
+@dataclass
+class GRPOHparams:
+    scored_samples: int = field(
+        default=2400, metadata={"help": "completions sampled and scored in all: the budget shared with Quark"}
+    )
+    batch_size: int = field(
+        default=16, metadata={"help": "completions per optimizer step (batch_size / num_generations prompts)"}
+    )
+    num_generations: int = field(
+        default=8, metadata={"help": "G, completions per prompt; advantages are normalised within each group"}
+    )
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "completions per forward/backward pass (gradient accumulation; None: all)"}
+    )
+    lr: float = field(default=1e-6, metadata={"help": "AdamW peak learning rate (TRL's default)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm bound (TRL's default)"})
+    beta: float = field(
+        default=0.04,
+        metadata={"help": "weight of the per-token k3 estimate of the KL from the policy to p0; 0 drops p0"},
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "clipping range of the importance ratio"})
+    num_iterations: int = field(default=1, metadata={"help": "mu, optimisation passes over each generated batch"})
+    loss_type: str = field(default="dapo", metadata={"help": "TRL's token aggregation of the loss (TRL's default)"})
+    scale_rewards: str = field(
+        default="group", metadata={"help": "divide advantages by the group's ('group'), batch's or no ('none') std"}
+    )
+    explore_top_p: float = field(default=1.0, metadata={"help": "nucleus top-p while sampling (Quark explores at 1.0)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    max_prompt_tokens: int = field(default=64, metadata={"help": "prompts are cut from the left to this length"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (fast on CPUs with AVX-512 BF16)"})
+    logging_steps: int = field(default=1, metadata={"help": "optimizer steps between two log records"})
+
+    def __post_init__(self):
+        micro = self.micro_batch_size or self.batch_size
+        if self.batch_size % self.num_generations or self.batch_size % micro:
+            raise SuiteError(f"{SOURCE}: batch_size {self.batch_size} must be a multiple of num_generations "
+                             f"({self.num_generations}) and of micro_batch_size ({micro})")  # fmt: skip
+        if self.scored_samples % self.batch_size or self.scored_samples < self.batch_size:
+            raise SuiteError(f"{SOURCE}: scored_samples {self.scored_samples} must be a positive multiple of "
+                             f"batch_size {self.batch_size}")  # fmt: skip
+
+    @property
+    def max_steps(self) -> int:
+        """Optimizer steps: each generated batch is optimised on num_iterations times before the next is sampled."""
+        return self.scored_samples // self.batch_size * self.num_iterations
+
+
+class RewardFunc:
+    """The task's reward as one of TRL's `reward_funcs`, validated by `score_rewards`; counts what it scores.
+
+    TRL passes prompts, decoded completions and the sampled `completion_ids` (plus its own keyword arguments, not
+    forwarded: the suite's rewards take `completion_ids` only). `last_unscored` marks the None answers of the latest
+    call, in the order of the generation batch, for `SuiteGRPOTrainer` to take out of the loss.
+    """
+
+    def __init__(self, reward: Reward):
+        self.reward = reward
+        self.__name__ = getattr(reward, "__name__", type(reward).__name__)
+        self.scored = self.unscored = 0
+        self.last_unscored: list[bool] = []
+
+    def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], **kwargs):
+        values = score_rewards(self.reward, prompts, completions, completion_ids=completion_ids)
+        self.last_unscored = [v is None for v in values]
+        self.unscored += sum(self.last_unscored)
+        self.scored += len(values) - sum(self.last_unscored)
+        return values
+
+
+class SuiteGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer with two changes, both on private hooks of TRL 1.x:
+
+    - prompts are token ids cut from the left to `max_prompt_tokens` (TRL 1.x no longer truncates prompts);
+    - completions whose reward is None are taken out of the loss. TRL itself leaves them out of the group mean and
+      std and sets their advantage to 0, but keeps their tokens in the KL term and in the loss's token count.
+    """
+
+    def __init__(self, *args, reward: RewardFunc, prompt_ids: dict[str, list[int]], **kwargs):
+        super().__init__(*args, reward_funcs=[reward], **kwargs)
+        self.suite_reward, self.prompt_ids = reward, prompt_ids
+
+    def _tokenize_prompts(self, prompts: list[str]):
+        return [self.prompt_ids[p] for p in prompts], None, {}
+
+    def train(self, *args, **kwargs):
+        started = time.perf_counter()
+        result = super().train(*args, **kwargs)
+        self.train_seconds = time.perf_counter() - started  # the whole loop: sampling, scoring and learning
+        return result
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        unscored = torch.tensor(self.suite_reward.last_unscored, dtype=torch.bool, device=out["completion_mask"].device)
+        if unscored.any():
+            out["completion_mask"] = out["completion_mask"] * (~unscored).unsqueeze(1).int()
+            out["num_items_in_batch"] = self.accelerator.gather(out["completion_mask"].sum()).sum()
+        return out
+
+
+def trl_config(cfg: GRPOHparams, task: Task, out_dir: Path, seed: int, device: str) -> GRPOConfig:
+    """TRL's config for one run: the budget as max_steps, everything written under `out_dir`, nothing reported."""
+    micro = cfg.micro_batch_size or cfg.batch_size
+    return GRPOConfig(
+        output_dir=str(out_dir / "trl"),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.batch_size // micro,
+        num_generations=cfg.num_generations,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        num_iterations=cfg.num_iterations,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        max_completion_length=task.sampling.max_new_tokens,
+        generation_kwargs={"min_new_tokens": task.sampling.min_new_tokens} if task.sampling.min_new_tokens else None,
+        temperature=cfg.temperature,
+        top_p=cfg.explore_top_p,
+        top_k=0,
+        bf16=cfg.bf16,
+        use_cpu=device == "cpu",
+        gradient_checkpointing=False,  # TRL turns it on by default; these models fit without it, and it costs time
+        logging_steps=cfg.logging_steps,
+        report_to="none",  # build_trainer adds TensorBoard with a writer inside out_dir
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
+    )
+
+
+def train_stats(trainer: SuiteGRPOTrainer, cfg: GRPOHparams, reward: RewardFunc) -> dict:
+    """Reward, KL, entropy and lengths per logging step from TRL's log history, and the run's throughput."""
+    keys = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy", "loss": "loss",
+            "completion_length": "completions/mean_length", "frac_reward_zero_std": "frac_reward_zero_std"}  # fmt: skip
+    steps = [
+        {"step": rec["step"], **{k: rec[v] for k, v in keys.items() if v in rec}}
+        for rec in trainer.state.log_history
+        if "reward" in rec
+    ]
+    sampled, seconds = reward.scored + reward.unscored, trainer.train_seconds
+    return {
+        "scored_samples": sampled,  # completions sent to the reward: the budget
+        "dropped_unscored": reward.unscored,  # of those, the reward returned None: left out of the loss
+        "optimizer_steps": trainer.state.global_step,
+        "beta": cfg.beta,
+        "train_seconds": seconds,
+        "sequences_per_second": sampled / max(seconds, 1e-9),
+        "steps": steps,
+        "config": asdict(cfg),
+    }
+
+
+def build_trainer(
+    task: Task, base_model: Path, out_dir: Path, cfg: GRPOHparams, *, seed: int, device: str
+) -> tuple[SuiteGRPOTrainer, RewardFunc]:
+    """TRL's trainer on the base model, the task's prompts and its reward; TensorBoard logs in out_dir/tensorboard."""
+    if Version(trl.__version__) < Version(MIN_TRL):
+        raise SuiteError(f"methods/grpo needs trl>={MIN_TRL}, found {trl.__version__}: pip install 'trl>={MIN_TRL}'")
+    per_step = cfg.batch_size // cfg.num_generations
+    if len(task.train_prompts) < per_step:
+        raise SuiteError(f"{SOURCE}: a step needs {per_step} prompts (batch_size / num_generations) but task "
+                         f"'{task.name}' has {len(task.train_prompts)} train prompts")  # fmt: skip
+    set_seed(seed)
+    model, tokenizer = load_model(base_model, device)
+    texts = [p.text for p in task.train_prompts]
+    prompt_ids = dict(zip(texts, encode_prompts(tokenizer, texts, cfg.max_prompt_tokens)))
+    reward = RewardFunc(task.reward)
+    trainer = SuiteGRPOTrainer(
+        model=model,
+        reward=reward,
+        prompt_ids=prompt_ids,
+        args=trl_config(cfg, task, out_dir, seed, device),
+        train_dataset=Dataset.from_dict({"prompt": texts}),
+        processing_class=tokenizer,
+        callbacks=[TensorBoardCallback(tb_writer=SummaryWriter(str(out_dir / "tensorboard")))],
+    )
+    return trainer, reward
+
+
+def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
+    """Run GRPO for the profile's scored-sample budget; write out_dir/model (plain transformers) and train_stats.json."""
+    cfg = from_dict(GRPOHparams, hparams, SOURCE)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer, reward = build_trainer(task, base_model, out_dir, cfg, seed=seed, device=device)
+    trainer.train()
+    if reward.scored == 0:
+        raise SuiteError(f"reward '{reward.__name__}' returned None for every one of {reward.unscored} samples")
+    model_dir = out_dir / "model"
+    trainer.model.save_pretrained(model_dir)
+    trainer.processing_class.save_pretrained(model_dir)
+    write_json(out_dir / "train_stats.json", train_stats(trainer, cfg, reward))
+    return model_dir

@@ -1,0 +1,350 @@
+"""NADO's auxiliary model R (Meng, Lu, Peng, Chang. NeurIPS 2022), shared by NADO decoding and ACF fine-tuning.
+
+For a prefix x<t, R gives at once, for every candidate next token v, the probability R(x<t, v) that a completion of
+x<t that continues with v satisfies the constraint. For the model p that the training samples came from, the
+distribution conditioned on satisfying the constraint factorises token by token (NADO, Sec. 3):
+
+    q*(v | x<t) = p(v | x<t) R(x<t, v) / R(x<t)  ∝  p(v | x<t) R(x<t, v)
+
+so one softmax of log p + log R over the full vocabulary gives it; the normaliser R(x<t) cancels.
+
+R here is the first `r_layers` decoder layers of the base model (copied: same tokenizer, a warm start), its final
+norm, and a vocabulary-sized linear head initialised at zero, then a sigmoid: R = 0.5 everywhere at the start, so
+q* = p until R has learned something. R is trained on sampled completions labelled by the task's reward: binary
+cross-entropy at every completion position on R(x<t, x_t) against the sequence's label, and optionally NADO's
+consistency term, which pulls R(x<=t) towards its one-step expectation sum_v p(v | x<=t) R(x<=t, v).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    DynamicCache,
+    LogitsProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TopPLogitsWarper,
+    get_linear_schedule_with_warmup,
+)
+from transformers.utils import logging as hf_logging
+
+from methods.common.data import iter_jsonl
+from methods.common.errors import SuiteError
+from methods.common.kl import masked_mean
+from methods.common.models import encode_prompts
+from methods.common.rollout import sample_and_score
+from methods.common.sampling import Packed, completion_logits, pack
+from methods.common.task import Task
+
+HEAD_FILE = "r_head.safetensors"
+
+
+@dataclass
+class AuxConfig:
+    """R's architecture, its training data and its training; NADO's and ACF's configs extend it."""
+
+    r_layers: int = field(default=2, metadata={"help": "decoder layers of the base model that R copies (its first)"})
+    r_freeze_embeddings: bool = field(
+        default=True, metadata={"help": "keep R's token embeddings at the base model's (fewer weights to fit)"}
+    )
+    r_steps: int = field(default=100, metadata={"help": "gradient steps each time R is trained"})
+    r_batch_size: int = field(default=32, metadata={"help": "sampled sequences per R step"})
+    r_lr: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate for R"})
+    r_warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps for R, then linear decay to 0"})
+    label_threshold: float | None = field(
+        default=None, metadata={"help": "None: the reward itself is R's soft label; else 1 if reward >= threshold"}
+    )
+    consistency_coef: float = field(
+        default=0.0, metadata={"help": "weight of NADO's consistency term R(x<=t) ~ sum_v p(v|x<=t) R(x<=t, v)"}
+    )
+    sample_top_p: float = field(default=1.0, metadata={"help": "nucleus top-p of R's training samples (1.0: p)"})
+    sample_batch_size: int = field(default=64, metadata={"help": "sequences per generate() call while sampling"})
+    max_prompt_tokens: int = field(default=32, metadata={"help": "prompts are cut from the left to this length"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for sampling and training"})
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Loading the first layers of a checkpoint makes transformers list every unused key: silence it."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def autocast(device: str, enabled: bool):
+    return torch.autocast("cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16, enabled=enabled)
+
+
+class AuxModel(nn.Module):
+    """R: a headless transformer (the base model's first layers) under a zero-initialised vocabulary-sized head."""
+
+    def __init__(self, backbone: PreTrainedModel, vocab_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, vocab_size)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_base(
+        cls, base_dir: str | Path, num_layers: int, device: str = "cpu", base_rate: float | None = None
+    ) -> AuxModel:
+        """A fresh R on the base model's first `num_layers` layers: head zero, so R = 0.5 and q* = p everywhere.
+
+        `base_rate` (the mean label R is about to be fit on) sets every token's bias to its logit instead: R is still
+        the same for every token, so q* = p still, but a token that R never sees in training stays at the base rate
+        rather than at 0.5, which q* would read as a penalty against every rarely sampled token.
+        """
+        total = AutoConfig.from_pretrained(base_dir).num_hidden_layers
+        if not 1 <= num_layers <= total:
+            raise SuiteError(f"r_layers must be in 1..{total} (the base model's layers), got {num_layers}")
+        with quiet_transformers():
+            backbone = AutoModel.from_pretrained(base_dir, num_hidden_layers=num_layers, dtype=torch.float32)
+        aux = cls(backbone, backbone.get_input_embeddings().num_embeddings)
+        if base_rate is not None:
+            rate = min(max(base_rate, 1e-3), 1 - 1e-3)
+            nn.init.constant_(aux.head.bias, math.log(rate / (1 - rate)))
+        return aux.to(device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> AuxModel:
+        path = Path(path)
+        if not (path / HEAD_FILE).is_file():
+            raise SuiteError(f"{path} holds no auxiliary model R (no {HEAD_FILE})")
+        with quiet_transformers():
+            backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        head = load_file(path / HEAD_FILE)
+        aux = cls(backbone, head["weight"].shape[0])
+        aux.head.load_state_dict(head)
+        return aux.to(device).eval()
+
+    def save(self, path: str | Path) -> None:
+        self.backbone.save_pretrained(path)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}, Path(path) / HEAD_FILE)
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, keep: int | None = None):
+        """R's logits, [B, T (or the last `keep`), V]: entry v at position t is logit R(x<=t, v); and the cache."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=past_key_values, use_cache=past_key_values is not None)  # fmt: skip
+        hidden = out.last_hidden_state if keep is None else out.last_hidden_state[:, -keep:]
+        return self.head(hidden), out.past_key_values
+
+
+def completion_r_logits(aux: AuxModel, packed: Packed) -> torch.Tensor:
+    """R's logits at the positions that predict each completion token, [B, C, V] (the head runs only there)."""
+    C = packed.completion_ids.shape[1]
+    logits, _ = aux(packed.input_ids, packed.attention_mask, packed.position_ids(), keep=C + 1)
+    return logits[:, :-1]
+
+
+def target_logprobs(logits: torch.Tensor, r_logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """log q*(v | x<t) = log_softmax(log p + alpha log R) over the vocabulary (alpha = 1 is NADO's q*)."""
+    return F.log_softmax(logits.float() + alpha * F.logsigmoid(r_logits.float()), dim=-1)
+
+
+def kl_to_target(logits: torch.Tensor, r_logits: torch.Tensor) -> torch.Tensor:
+    """KL(q* || p_theta) per position, [B, C], exact over the vocabulary; q* = p_theta (detached) reweighted by R.
+
+    q* is held fixed: the gradient reaches p_theta only through log p_theta, and pulls it towards q*.
+    """
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    target = target_logprobs(logits.detach(), r_logits.detach())
+    return (target.exp() * (target - logprobs)).sum(-1)
+
+
+def target_nll(model: PreTrainedModel, aux: AuxModel, packed: Packed, alpha: float = 1.0) -> torch.Tensor:
+    """Per-token NLL of the completions under q*, [B, C] (NADO's utility: q*'s perplexity on held-out text)."""
+    logq = target_logprobs(completion_logits(model, packed), completion_r_logits(aux, packed), alpha)
+    return -logq.gather(-1, packed.completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def r_loss(
+    r_logits: torch.Tensor,
+    completion_ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    p_logits: torch.Tensor | None = None,
+    consistency_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """R's training loss on sampled completions.
+
+    r_logits: [B, C, V] R's logits where each completion token is predicted; p_logits: the same positions under the
+    model the samples came from (only for the consistency term); completion_ids, mask: [B, C]; labels: [B] in [0, 1].
+    """
+    mask = mask.float()
+    taken = r_logits.float().gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, C] logit R(x<t, x_t)
+    target = labels.float().unsqueeze(-1).expand_as(taken)
+    bce = masked_mean(F.binary_cross_entropy_with_logits(taken, target, reduction="none"), mask)
+    stats = {"bce": bce.item(), "r_taken": masked_mean(torch.sigmoid(taken), mask).item()}
+    loss = bce
+    if consistency_coef and p_logits is not None:
+        # R(x<=t), read off at position t, against sum_v p(v | x<=t) R(x<=t, v) at position t + 1: the Bernoulli KL
+        # of NADO's reference code (its `reg_loss`); both sides get gradients, as there.
+        expect = (F.softmax(p_logits[:, 1:].float(), -1) * torch.sigmoid(r_logits[:, 1:].float())).sum(-1)
+        expect = expect.clamp(1e-6, 1 - 1e-6)
+        amortised = taken[:, :-1]
+        kl = expect * (expect.log() - F.logsigmoid(amortised)) + (1 - expect) * (
+            torch.log1p(-expect) - F.logsigmoid(-amortised)
+        )
+        consistency = masked_mean(kl, mask[:, 1:])
+        loss = loss + consistency_coef * consistency
+        stats["consistency"] = consistency.item()
+    return loss, stats
+
+
+def sample_prompts(task: Task, n: int, rng: np.random.Generator) -> list[int]:
+    """Indices of n training prompts: shuffled passes over all of them, so every prompt is used before any repeats."""
+    order: list[int] = []
+    while len(order) < n:
+        order += rng.permutation(len(task.train_prompts)).tolist()
+    return order[:n]
+
+
+def collect_samples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    n: int,
+    cfg: AuxConfig,
+    rng: np.random.Generator,
+    desc: str = "sampling",
+) -> tuple[list[dict], dict]:
+    """Sample n completions (one per chosen prompt), score them; returns (samples, stats).
+
+    A sample is {prompt_id, prompt, prompt_ids, completion_ids, text, reward}; those whose reward is None are dropped
+    and counted.
+    """
+    device = str(next(model.parameters()).device)
+    texts = [p.text for p in task.train_prompts]
+    prefixes = encode_prompts(tokenizer, texts, cfg.max_prompt_tokens)
+    sampling = replace(task.sampling, top_p=cfg.sample_top_p, do_sample=True, batch_size=cfg.sample_batch_size)
+    with autocast(device, cfg.bf16):
+        rollout = sample_and_score(model, tokenizer, task.reward, texts, prefixes, sample_prompts(task, n, rng),
+                                   sampling, desc=desc)  # fmt: skip
+    if not rollout.rewards:
+        raise SuiteError(f"{desc}: the reward returned None for every sample")
+    samples = [{"prompt_id": task.train_prompts[i].id, "prompt": texts[i], "prompt_ids": prefixes[i],
+                "completion_ids": c, "text": t, "reward": r}
+               for i, c, t, r in zip(rollout.prompt_index, rollout.completions, rollout.texts, rollout.rewards)]  # fmt: skip
+    stats = {"samples": len(samples), "dropped_unscored": rollout.dropped, "mean_reward": float(np.mean(rollout.rewards)),
+             "tokens": rollout.tokens, "sample_seconds": rollout.seconds,
+             "tokens_per_second": rollout.tokens / max(rollout.seconds, 1e-9)}  # fmt: skip
+    return samples, stats
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    rows = [row for _, row in iter_jsonl(path)]
+    if not rows:
+        raise SuiteError(f"{path}: no samples")
+    return rows
+
+
+def labels_of(samples: list[dict], threshold: float | None) -> list[float]:
+    """R's label per sample: the reward (soft), or 1/0 against the threshold."""
+    return [s["reward"] if threshold is None else float(s["reward"] >= threshold) for s in samples]
+
+
+def fit_aux(
+    aux: AuxModel,
+    samples: list[dict],
+    cfg: AuxConfig,
+    pad_id: int,
+    *,
+    sampler: PreTrainedModel | None = None,
+    seed: int = 0,
+    desc: str = "training R",
+) -> dict[str, float]:
+    """Train R on labelled samples (AdamW, linear warm-up and decay); `sampler` is the model they came from.
+
+    The sampler is only needed for the consistency term. Returns the first- and last-tenth means of the loss terms.
+    """
+    device = str(next(aux.parameters()).device)
+    if cfg.r_freeze_embeddings:
+        aux.backbone.get_input_embeddings().weight.requires_grad_(False)
+    params = [p for p in aux.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.r_lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.r_warmup_steps, cfg.r_steps), cfg.r_steps)
+    labels = torch.tensor(labels_of(samples, cfg.label_threshold))
+    use_sampler = bool(cfg.consistency_coef) and sampler is not None
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    history: list[dict[str, float]] = []
+    aux.train()
+    started = time.perf_counter()
+    for _ in tqdm(range(cfg.r_steps), desc=desc, leave=False):
+        while len(order) < cfg.r_batch_size:
+            order += rng.permutation(len(samples)).tolist()
+        idx, order = order[: cfg.r_batch_size], order[cfg.r_batch_size :]
+        packed = pack([samples[i]["prompt_ids"] for i in idx], [samples[i]["completion_ids"] for i in idx], pad_id)
+        packed = Packed(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in vars(packed).values()))
+        with autocast(device, cfg.bf16):
+            r_logits = completion_r_logits(aux, packed)
+            with torch.no_grad():
+                p_logits = completion_logits(sampler, packed) if use_sampler else None
+        loss, stats = r_loss(r_logits, packed.completion_ids, packed.completion_mask, labels[idx].to(device),
+                             p_logits, cfg.consistency_coef)  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        history.append(stats)
+    aux.eval()
+    seconds = time.perf_counter() - started
+    tenth = max(1, len(history) // 10)
+    out = {f"{k}_first": float(np.mean([h[k] for h in history[:tenth]])) for k in history[0]} if history else {}
+    out |= {f"{k}_last": float(np.mean([h[k] for h in history[-tenth:]])) for k in history[0]} if history else {}
+    out |= {"r_steps": cfg.r_steps, "r_seconds": seconds, "label_mean": float(labels.mean())}
+    return out
+
+
+class NadoLogitsProcessor(LogitsProcessor):
+    """Turns the model's next-token scores into log q* = log p + alpha log R, then applies top-p to q*.
+
+    Runs inside generate() after its own processors, which therefore must not filter (pass top_p=1.0). R keeps its
+    own key-value cache across the steps of one generate() call. Its attention mask is rebuilt the way
+    `sampling.sample` builds generate()'s: left padding is the run of pad tokens at the start of a row (pad == EOS),
+    and every generated token counts, as in generate().
+    """
+
+    def __init__(self, aux: AuxModel, pad_id: int, top_p: float = 1.0, alpha: float = 1.0):
+        self.aux, self.pad_id, self.alpha = aux, pad_id, alpha
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+        self._ids = self._mask = self._cache = None
+
+    @torch.no_grad()
+    def r_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """R's logits for the next token of every row, [B, V], reusing the cache when input_ids extends the last."""
+        prev = self._ids
+        if prev is not None and input_ids.shape[1] == prev.shape[1] + 1 and torch.equal(input_ids[:, :-1], prev):
+            self._mask = torch.cat([self._mask, self._mask.new_ones(len(input_ids), 1)], dim=1)
+            new_ids = input_ids[:, -1:]
+        else:  # a new generate() call
+            self._mask = (input_ids != self.pad_id).long().cummax(dim=-1).values
+            self._cache, new_ids = DynamicCache(config=self.aux.backbone.config), input_ids
+        position_ids = (self._mask.cumsum(-1) - 1).clamp(min=0)[:, -new_ids.shape[1] :]
+        logits, self._cache = self.aux(new_ids, self._mask, position_ids, past_key_values=self._cache, keep=1)
+        self._ids = input_ids
+        return logits[:, -1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        logq = target_logprobs(scores, self.r_logits(input_ids), self.alpha)
+        return self.top_p(input_ids, logq) if self.top_p is not None else logq
