@@ -105,7 +105,10 @@ def make_table(
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     note = "Cells: mean [95% bootstrap CI over prompts]; with several seeds, mean ± std over seeds [mean CI]."
-    md, tex = frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n", _latex(frame.to_latex(index=False))
+    md, tex = (
+        frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n",
+        _latex(frame.to_latex(index=False)),
+    )
     if reference is not None:
         source, ref_rows = reference
         ref = pd.DataFrame([{"Method": r["method"], **{label[k]: "–" if r.get(k) is None else
