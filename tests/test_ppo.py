@@ -19,7 +19,7 @@ from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.ppo import generate, ppo
 from methods.quark.quark import QuarkConfig
-from tests.conftest import CORPUS, ROOT, snakemake
+from tests.conftest import CORPUS, ROOT
 
 
 @pytest.fixture
@@ -208,18 +208,3 @@ def test_generate_samples_the_saved_policy_greedily_when_asked(tiny, tmp_path):
     first, second = read_jsonl(tmp_path / "g0.jsonl"), read_jsonl(tmp_path / "g1.jsonl")
     assert [r["token_ids"] for r in first] == [r["token_ids"] for r in second]
     assert first[0]["token_ids"] == first[1]["token_ids"] and {r["prompt_id"] for r in first} == {"a", "b"}
-
-
-def test_dry_run_schedules_ppo_on_every_task_it_declares_that_the_test_profile_has(repo_copy):
-    declared = yaml.safe_load((ROOT / "methods/ppo/method.yaml").read_text())["tasks"]
-    profile = yaml.safe_load((ROOT / "workflow/config/test.yaml").read_text())
-    tasks = [t for t in declared if t in profile["data"]]
-    assert "toxicity" in tasks
-    override = repo_copy / "override.yaml"
-    override.write_text(yaml.safe_dump({"methods": ["base", "ppo"], "tasks": tasks}))
-    result = snakemake(repo_copy, "-n", "all", "--configfile", "workflow/config/test.yaml", str(override))
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
-    for task in tasks:
-        for path in ["ppo/seed0/model.json", "ppo/seed0/generations.jsonl", "ppo/metrics.json"]:
-            assert f"results/test/{task}/{path}" in out, (task, path)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import snakemake
+from tests.conftest import ROOT, snakemake
 
 TEST = "workflow/config/test.yaml"
 
@@ -41,6 +41,22 @@ def test_dry_run_schedules_a_new_method_directory(repo_copy):
                  "toxicity/dummy/seed0/metrics.json", "toxicity/dummy/metrics.json"]:  # fmt: skip
         assert f"results/test/{path}" in out, path
     assert "toxicity/quark/" not in out
+
+
+def test_default_run_schedules_every_method_on_every_task_it_declares(repo_copy):
+    """`snakemake all` on the default profile is the full comparison: each methods/<name>/ row on each of its tasks."""
+    config = yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text())
+    declared = {p.parent.name: yaml.safe_load(p.read_text())["tasks"] for p in (ROOT / "methods").glob("*/method.yaml")}
+    assert set(declared) <= {row.partition("-")[0] for row in config["methods"]}
+    result = snakemake(repo_copy, "-n", "all")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    for row in config["methods"]:
+        method = row.partition("-")[0]
+        for task in config["tasks"]:
+            scheduled = [f"results/mini/{task}/{method}/seed0/model.json", f"results/mini/{task}/{row}/metrics.json"]
+            for path in scheduled:
+                assert (path in out) == (task in declared[method]), (row, task, path)
 
 
 def test_test_profile_runs_end_to_end(repo_copy):
