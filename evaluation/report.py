@@ -37,8 +37,21 @@ def aggregate_seeds(metric_files: list[str | Path], train_benchmarks: list, gene
         "generate_seconds": float(np.mean([b["seconds"] for b in gen])),
         "peak_rss_mb": float(np.nanmax([b["max_rss_mb"] for b in train + gen])),
     }
+    out["train_stats"] = _train_stats(train_benchmarks)
     out["seeds"] = per_seed
     return out
+
+
+TRAIN_STATS = {"dropped_unscored": np.sum, "heldout_perplexity": np.mean, "base_heldout_perplexity": np.mean}
+
+
+def _train_stats(train_benchmarks: list) -> dict:
+    """Samples the reward never scored (summed over seeds) and held-out corpus perplexity (mean), from the
+    `train_stats.json` a training job leaves beside its benchmark file; methods that report neither get {}."""
+    stats = [
+        json.loads(p.read_text()) for b in train_benchmarks if (p := Path(b).with_name("train_stats.json")).is_file()
+    ]
+    return {k: float(f([s[k] for s in stats])) for k, f in TRAIN_STATS.items() if stats and all(k in s for s in stats)}
 
 
 def _decimals(value: float) -> int:
@@ -94,11 +107,16 @@ def make_table(
             d[label[k]] = _cell(m.get(k), ci, std, m["num_seeds"], 100.0 if k in percent else 1.0)
             low, high = ci if ci is not None else (None, None)
             n[k], n[f"{k}_ci_low"], n[f"{k}_ci_high"], n[f"{k}_seed_std"] = m.get(k), low, high, std
+        trained = m.get("train_stats", {})
+        if any("heldout_perplexity" in r.get("train_stats", {}) for _, r in rows):
+            d["Held-out PPL ↓"] = _cell(trained.get("heldout_perplexity"), None, 0.0, 1)
+        if any("dropped_unscored" in r.get("train_stats", {}) for _, r in rows):
+            d["Unscored"] = f"{trained['dropped_unscored']:.0f}" if "dropped_unscored" in trained else "–"
         cost = m["cost"]
         d["Train (min)"] = f"{cost['train_seconds'] / 60:.1f}"
         d["Generate (min)"] = f"{cost['generate_seconds'] / 60:.1f}"
         d["Peak RSS (GB)"] = f"{cost['peak_rss_mb'] / 1024:.2f}"
-        n.update(cost)
+        n.update(trained | cost)
         display.append(d)
         numeric.append(n)
     frame = pd.DataFrame(display)

@@ -76,12 +76,17 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
         (tmp_path / f"b{seed}.tsv").write_text("s\th:m:s\tmax_rss\n60.0\t0:01:00\t2048\n")
         files.append(tmp_path / f"m{seed}.json")
         benches.append(tmp_path / f"b{seed}.tsv")
+    (tmp_path / "train_stats.json").write_text(json.dumps({"dropped_unscored": 3, "heldout_perplexity": 20.0}))
     agg = aggregate_seeds(files, benches, benches)
     assert agg["avg_max_toxicity"] == pytest.approx(0.3) and agg["num_seeds"] == 2
+    assert agg["train_stats"] == {"dropped_unscored": 6.0, "heldout_perplexity": 20.0}  # summed / averaged over seeds
     assert agg["seed_std"]["avg_max_toxicity"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert agg["cost"] == {"train_seconds": 60.0, "generate_seconds": 60.0, "peak_rss_mb": 2048.0}
-    frame = make_table([("Base", agg), ("Quark", agg)], toxicity.METRICS, tmp_path / "table")
+    base = agg | {"train_stats": {}}
+    frame = make_table([("Base", base), ("Quark", agg)], toxicity.METRICS, tmp_path / "table")
     assert list(frame["Method"]) == ["Base", "Quark"]
+    assert list(frame["Unscored"]) == ["–", "6"] and list(frame["Held-out PPL ↓"]) == ["–", "20.00"]
+    assert pd.read_csv(tmp_path / "table.csv")["dropped_unscored"].tolist()[1] == 6
     assert "0.300 ± 0.141" in frame.iloc[0, 1]
     assert (tmp_path / "table.tex").read_text().count("Quark") == 1
 
