@@ -133,7 +133,7 @@ def fit_lm_job(task: Task, init: Path, r_dir: Path, samples: Path, out_dir: Path
         idx = rng.choice(len(sampled), size=min(cfg.kl_batch_size, len(sampled)), replace=False)
         batch = pack([sampled[i]["prompt_ids"] for i in idx], [sampled[i]["completion_ids"] for i in idx],
                      tokenizer.pad_token_id)  # fmt: skip
-        batch = Packed(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in vars(batch).values()))
+        batch = batch.to(device)
         loss, stats = acf_loss(model, aux, corpus, batch, cfg.kl_coef)
         history.append(stats)
         return loss

@@ -83,7 +83,7 @@ def train_lm(
             order += rng.permutation(len(pairs)).tolist()
         idx, order = order[: schedule.batch_size], order[schedule.batch_size :]
         packed = pack([list(pairs[i][0]) for i in idx], [list(pairs[i][1]) for i in idx], pad_id)
-        packed = Packed(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in vars(packed).values()))
+        packed = packed.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=schedule.bf16):
             if loss_fn is None:
                 loss = target_nll(model, packed).sum() / packed.completion_mask.sum().clamp(min=1)

@@ -152,3 +152,11 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_len
 
 def context_length(model: PreTrainedModel) -> int:
     return int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024))
+
+
+def read_meta(model_dir: str | Path, name: str, method: str) -> dict:
+    """The JSON a method writes beside its weights (reward tokens, return bins, ...); a clear error if absent."""
+    path = Path(model_dir) / name
+    if not path.is_file():
+        raise SuiteError(f"{model_dir} is not a {method} model (no {name})")
+    return json.loads(path.read_text())

@@ -46,6 +46,9 @@ class Packed:
     completion_mask: torch.Tensor  # [B, C]
     prefix_len: int
 
+    def to(self, device) -> Packed:
+        return Packed(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in vars(self).values()))
+
     def position_ids(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = self.attention_mask if attention_mask is None else attention_mask
         return (mask.cumsum(-1) - 1).clamp(min=0)

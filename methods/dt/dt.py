@@ -13,7 +13,6 @@ prompt carries it. What Quark adds to this is the subject of README.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from methods.common.data import Prompt, write_json
 from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.lm import LMSchedule, target_nll, train_lm
-from methods.common.models import encode_prompts, load_model
+from methods.common.models import encode_prompts, load_model, read_meta
 from methods.common.rollout import sample_and_score
 from methods.common.sampling import Sampling
 from methods.common.task import Task
@@ -142,10 +141,7 @@ def generate(
     returns: int | str = "best",
 ) -> None:
     """Sample conditioned on one return token: 'best' (the highest-return bin, the default), 'worst', or a bin index."""
-    meta_path = Path(model_dir) / META_FILE
-    if not meta_path.is_file():
-        raise SuiteError(f"{model_dir} is not a DT model (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(model_dir, META_FILE, "DT")
     ids = meta["return_token_ids"]
     k = {"best": meta["best_bin"], "worst": meta["worst_bin"]}.get(returns, returns)
     if not isinstance(k, int) or not 0 <= k < len(ids):

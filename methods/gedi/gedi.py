@@ -14,7 +14,6 @@ generate  at step t, for every candidate token v at once (one CC-LM pass per cod
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -28,12 +27,11 @@ from transformers import LogitsProcessor, PreTrainedModel, TopPLogitsWarper, set
 
 from methods.common.config import from_dict
 from methods.common.data import Prompt, write_json
-from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.heldout import heldout_split, model_perplexity, perplexity, text_pairs
 from methods.common.lm import LMSchedule, encode_texts, train_lm
 from methods.common.lockstep import LockstepLM
-from methods.common.models import load_model
+from methods.common.models import load_model, read_meta
 from methods.common.sampling import Packed, Sampling, completion_logits, pack
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
@@ -248,13 +246,6 @@ class GeDiProcessor(LogitsProcessor):
         return TopPLogitsWarper(self.top_p)(input_ids, weighted) if self.top_p < 1.0 else weighted
 
 
-def read_meta(model_dir: Path) -> dict:
-    path = Path(model_dir) / META_FILE
-    if not path.is_file():
-        raise SuiteError(f"{model_dir} is not a GeDi model (no {META_FILE})")
-    return json.loads(path.read_text())
-
-
 def generate(
     model_dir: Path,
     prompts: list[Prompt],
@@ -268,7 +259,7 @@ def generate(
 ) -> None:
     """Sample from the base model guided by the CC-LM; `decoding` (a variant's generate settings) overrides omega,
     filter_p, target_p or class_bias."""
-    meta = read_meta(model_dir)
+    meta = read_meta(model_dir, META_FILE, "GeDi")
     cfg = from_dict(GeDiConfig, {**meta["config"], **decoding}, f"{SOURCE} (variant)")
     base, tokenizer = load_model(Path(model_dir) / meta["base_model"], device)
     cclm, _ = load_model(model_dir, device)

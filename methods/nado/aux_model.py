@@ -295,7 +295,7 @@ def fit_aux(
             order += rng.permutation(len(samples)).tolist()
         idx, order = order[: cfg.r_batch_size], order[cfg.r_batch_size :]
         packed = pack([samples[i]["prompt_ids"] for i in idx], [samples[i]["completion_ids"] for i in idx], pad_id)
-        packed = Packed(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in vars(packed).values()))
+        packed = packed.to(device)
         with autocast(device, cfg.bf16):
             r_logits = completion_r_logits(aux, packed)
             with torch.no_grad():

@@ -7,7 +7,6 @@ generate  decode from q*(v | x<t) ∝ p(v | x<t) R(x<t, v)^alpha, top-p applied 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,10 +16,9 @@ from transformers import set_seed
 
 from methods.common.config import from_dict
 from methods.common.data import Prompt, write_json, write_jsonl
-from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.heldout import heldout_split, model_perplexity, perplexity, text_pairs
-from methods.common.models import load_model
+from methods.common.models import load_model, read_meta
 from methods.common.sampling import Sampling
 from methods.common.task import Task
 from methods.nado.aux_model import (
@@ -79,10 +77,7 @@ def generate(
     alpha: float | None = None,
 ) -> None:
     """Sample (or decode greedily) from q* over the unchanged base model; `alpha` overrides the trained strength."""
-    meta_path = Path(model_dir) / META_FILE
-    if not meta_path.is_file():
-        raise SuiteError(f"{model_dir} is not a NADO model (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(model_dir, META_FILE, "NADO")
     base, tokenizer = load_model(meta["base_model"], device)
     aux = AuxModel.load(model_dir, device)
     top_p = sampling.top_p if sampling.do_sample else 1.0

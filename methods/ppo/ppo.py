@@ -283,7 +283,7 @@ class Trainer:
         raw_mean, raw_std = scores.mean().item(), scores.std().item() if len(scores) > 1 else 0.0
         packed = pack([self.prompt_ids[chosen[k]] for k in kept], [completions[k] for k in kept],
                       self.tokenizer.pad_token_id)  # fmt: skip
-        packed = Packed(*(t.to(self.device) if isinstance(t, torch.Tensor) else t for t in vars(packed).values()))
+        packed = packed.to(self.device)
         mask = packed.completion_mask.float()
         logprobs, values, ref_logprobs, entropy = (torch.zeros_like(mask) for _ in range(4))
         by_length = torch.argsort(prefix_lengths(packed), stable=True)

@@ -41,7 +41,7 @@ from methods.common.data import Prompt, write_json
 from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.kl import KLController, masked_mean
-from methods.common.models import encode_prompts, load_model
+from methods.common.models import encode_prompts, load_model, read_meta
 from methods.common.rollout import score_completions
 from methods.common.sampling import Sampling, completion_logits, pack, sample
 from methods.common.task import Task
@@ -527,10 +527,7 @@ def generate(
 ) -> None:
     """Sample conditioned on one reward token: 'best' (the default), 'worst', or a quantile index."""
     model, tokenizer = load_model(model_dir, device)
-    meta_path = Path(model_dir) / META_FILE
-    if not meta_path.is_file():
-        raise SuiteError(f"{model_dir} is not a Quark model (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(model_dir, META_FILE, "Quark")
     ids = meta["reward_token_ids"]
     k = {"best": meta["best_quantile"], "worst": len(ids) - 1}.get(quantile, quantile)
     if not isinstance(k, int) or not 0 <= k < len(ids):

@@ -87,7 +87,7 @@ class UnlikelihoodConfig:
 
 
 def to_device(packed: Packed, device: torch.device) -> Packed:
-    return Packed(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in vars(packed).values()))
+    return packed.to(device)
 
 
 def completion_logprobs(model: PreTrainedModel, packed: Packed) -> torch.Tensor:
