@@ -1,10 +1,18 @@
-"""GRPO through TRL on the tiny model: it learns the synthetic reward, drops unscored samples, saves a plain model."""
+"""GRPO through TRL on the tiny model: it learns the synthetic reward, drops unscored samples, saves a plain model,
+and a job killed mid-checkpoint resumes from TRL's newest complete checkpoint, ending bitwise where an uninterrupted
+one does."""
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from methods import grpo as grpo_method
 from methods.common.data import Prompt, read_jsonl
@@ -14,7 +22,8 @@ from methods.common.rewards import get_reward
 from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.grpo import grpo
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, ROOT
+from tests.test_resume import scored  # how many samples a counting task's reward scored
 
 WANTED = list(range(40, 70))  # 30 of ~300 tokens: the random model emits about 10% of them
 PROMPTS = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
@@ -109,3 +118,79 @@ def test_the_saved_model_loads_and_generates_greedily(tiny, tmp_path):
     first, second = read_jsonl(tmp_path / "g0.jsonl"), read_jsonl(tmp_path / "g1.jsonl")
     assert [r["token_ids"] for r in first] == [r["token_ids"] for r in second]
     assert first[0]["token_ids"] == first[1]["token_ids"]  # two greedy samples of one prompt agree
+
+
+# 5 steps of 2 prompts x 4 completions over 4 prompts: 2 steps an epoch, so the job crosses two epoch boundaries; a
+# TRL checkpoint after every step
+RESUME_HPARAMS = dict(scored_samples=40, batch_size=8, num_generations=4, lr=1e-2, save_steps=1, keep_checkpoints=2)
+
+DRIVER = """
+import os, signal, sys
+sys.path.insert(0, os.environ["ROOT"])
+import torch
+torch.set_num_threads(1)
+from methods.grpo import grpo
+from tests.test_grpo import RESUME_HPARAMS, counting_task
+
+model_dir, run_dir, kill = sys.argv[1], sys.argv[2], int(sys.argv[3])
+save_rng, calls = grpo.SuiteGRPOTrainer._save_rng_state, []
+
+def save_rng_then_die(self, *args, **kwargs):  # inside the Nth checkpoint: weights on disk, trainer_state.json not
+    save_rng(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+grpo.SuiteGRPOTrainer._save_rng_state = save_rng_then_die
+grpo.train(counting_task(run_dir), model_dir, run_dir, RESUME_HPARAMS, seed=0, device="cpu")
+"""
+
+
+def counting_task(run_dir) -> Task:
+    """A reward that varies within each group (so every step learns); it logs how many samples it scored."""
+    log = Path(f"{run_dir}.calls")
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        with log.open("a") as f:
+            f.write(f"{len(completions)}\n")
+        return [sum(ids) / 300 for ids in completion_ids]
+
+    return Task("synthetic", PROMPTS[:4], reward, Sampling(max_new_tokens=4))
+
+
+def run_driver(model_dir, run_dir, kill: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ROOT": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", DRIVER, str(model_dir), str(run_dir), str(kill)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_a_job_killed_mid_checkpoint_resumes_from_trls_last_complete_one_and_ends_bitwise_equal(tiny, tmp_path):
+    path, ref, run = tiny[0], tmp_path / "ref", tmp_path / "run"
+    grpo.train(counting_task(ref), path, ref, RESUME_HPARAMS, seed=0, device="cpu")  # one thread, as the driver
+
+    first = run_driver(path, run, kill=4)  # inside checkpoint-4's write, in the middle of the second epoch
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert sorted(p.name for p in (run / "trl").glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-4",
+    ]
+    assert not (run / "trl" / "checkpoint-4" / "trainer_state.json").exists()  # cut short, before the rotation
+    assert scored(run) == 4 * 8
+    with pytest.raises(SuiteError, match="^" + re.escape(f"{run}: holds an unfinished GRPO run with other settings "
+                                                         "(lr); rerun with its settings")):  # fmt: skip
+        grpo.train(counting_task(run), path, run, {**RESUME_HPARAMS, "lr": 1e-3}, seed=0, device="cpu")
+
+    second = run_driver(path, run, kill=0)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resuming from {run / 'trl' / 'checkpoint-3'}" in second.stdout  # the incomplete checkpoint-4 is not used
+    assert scored(run) == scored(ref) + 8  # only step 4, whose checkpoint was cut short, was sampled again
+    stats, ref_stats = (json.loads((d / "train_stats.json").read_text()) for d in (run, ref))
+    assert stats["resumed_from"] == ["checkpoint-3"] and ref_stats["resumed_from"] == []
+    assert stats["scored_samples"] == ref_stats["scored_samples"] == 40 and stats["optimizer_steps"] == 5
+    assert [s["reward"] for s in stats["steps"]] == [s["reward"] for s in ref_stats["steps"]]
+    assert json.loads((run / "run.json").read_text())["finished"] and not list((run / "trl").glob("checkpoint-*"))
+    resumed, reference = load_file(run / "model/model.safetensors"), load_file(ref / "model/model.safetensors")
+    assert resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in reference)
+    base = load_file(path / "model.safetensors")
+    assert any(not torch.equal(base[k], reference[k]) for k in base)  # it did train

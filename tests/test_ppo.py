@@ -177,12 +177,16 @@ def test_an_unknown_hyperparameter_names_the_method_file(tiny, tmp_path):
                   device="cpu")  # fmt: skip
 
 
-def test_rounds_are_cut_into_rollout_batches():
+def test_rounds_are_cut_into_rollout_batches_and_each_rounds_draw_depends_on_seed_and_round_only():
     cfg = ppo.PPOConfig(num_rounds=2, prompts_per_round=5, samples_per_prompt=2, rollout_batch_size=4)
-    batches = ppo.plan_batches(cfg, 7, np.random.default_rng(0))
+    batches = ppo.plan_batches(cfg, 7, seed=0)
     assert [(rnd, len(b)) for rnd, b in batches] == [(0, 4), (0, 4), (0, 2), (1, 4), (1, 4), (1, 2)]
     first_round = [i for rnd, b in batches if rnd == 0 for i in b]
     assert len(set(first_round)) == 5 and all(first_round.count(i) == 2 for i in set(first_round))
+    # a longer run draws the same prompts in its first rounds, whatever came before: a resumed job draws them too
+    longer = ppo.plan_batches(ppo.PPOConfig(**{**vars(cfg), "num_rounds": 3}), 7, seed=0)
+    assert longer[:6] == batches
+    assert ppo.plan_batches(cfg, 7, seed=1) != batches
 
 
 def budget(method: str, profile: str, task: str, config: type) -> tuple:

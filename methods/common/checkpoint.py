@@ -10,7 +10,8 @@ directory, which the next start removes. The newest `keep` complete checkpoints 
 
 Any trainer adopts it in three calls: `Checkpoints(root, kind).latest()` at start-up, `.load(path)` to restore,
 and `.save(step, tensors, objects, state)` at the points it wants to resume from; `rng_state`/`set_rng_state`
-capture every RNG and `ensure_writable` fails early on a read-only results directory (see methods/quark/quark.py).
+capture every RNG and `ensure_writable` fails early on a read-only results directory (see methods/quark/quark.py);
+`claim_run`/`finish_run` keep the run.json that says which run the checkpoints belong to (methods/ppo/ppo.py).
 """
 
 from __future__ import annotations
@@ -65,6 +66,58 @@ def ensure_writable(directory: str | Path) -> Path:
     except OSError as exc:
         raise SuiteError(f"results directory {directory} is not writable ({exc.strerror or exc})") from None
     return directory
+
+
+RUN_FILE = "run.json"
+
+
+def read_run(run_file: str | Path) -> dict | None:
+    """A run directory's run.json (None: none yet); bad JSON or another format version is a one-line SuiteError."""
+    run_file = Path(run_file)
+    if not run_file.is_file():
+        return None
+    try:
+        run = json.loads(run_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise SuiteError(
+            f"{run_file}: not valid JSON ({exc.msg}); move {run_file.parent} away to start afresh"
+        ) from None
+    if run.get("version") != CHECKPOINT_VERSION:
+        raise SuiteError(f"{run_file}: run of version {run.get('version')!r}, this code resumes version "
+                         f"{CHECKPOINT_VERSION}; move {run_file.parent} away to start afresh")  # fmt: skip
+    return run
+
+
+def claim_run(out_dir: str | Path, identity: dict, method: str) -> bool:
+    """Open a run directory for a job whose settings are `identity`; True when it holds an unfinished run to resume.
+
+    run.json records what the directory's checkpoints belong to. None there, or a finished run: start afresh. An
+    unfinished run with other settings is refused in one line naming what differs, before anything is written.
+    """
+    out_dir = ensure_writable(out_dir)
+    run_file = out_dir / RUN_FILE
+    previous = read_run(run_file)
+    identity = json.loads(json.dumps(identity))  # as it reads back from JSON
+    resume = previous is not None and not previous["finished"]
+    if resume and previous["identity"] != identity:
+        old = previous["identity"]
+        changed = [k for k in identity if k != "config" and old.get(k) != identity[k]]
+        changed += [k for k, v in identity.get("config", {}).items() if old.get("config", {}).get(k) != v]
+        raise SuiteError(f"{out_dir}: holds an unfinished {method} run with other settings ({', '.join(changed)}); "
+                         f"rerun with its settings to resume it, or move it away to start afresh")  # fmt: skip
+    _write_run(run_file, {"version": CHECKPOINT_VERSION, "finished": False, "identity": identity})
+    return resume
+
+
+def finish_run(out_dir: str | Path) -> None:
+    """Mark the run finished: a later job in this directory starts afresh instead of resuming it."""
+    run_file = Path(out_dir) / RUN_FILE
+    _write_run(run_file, {**json.loads(run_file.read_text()), "finished": True})
+
+
+def _write_run(run_file: Path, run: dict) -> None:
+    with atomic_output(run_file) as tmp:
+        tmp.write_text(json.dumps(run, indent=2) + "\n")
 
 
 def rng_state() -> tuple[dict, dict]:

@@ -9,15 +9,24 @@ for step = 1 .. scored_samples / batch_size:
 
 TRL runs the loop; this file maps the suite's method contract onto it: the task's reward as `reward_funcs`,
 prompts cut from the left, the scored-sample budget as `max_steps`, and a `train_stats.json` from TRL's log history.
+
+The job is resumable through TRL's own checkpoints (`save_steps`, `save_total_limit`): a restarted job with the same
+settings (`run.json`, methods/common/checkpoint.py) passes the newest complete `checkpoint-*` to
+`trainer.train(resume_from_checkpoint=...)`, which restores weights, AdamW, the schedule and the RNG states.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import trl
 from datasets import Dataset
@@ -26,7 +35,9 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import set_seed
 from transformers.integrations import TensorBoardCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
+from methods.common.checkpoint import atomic_output, claim_run, finish_run
 from methods.common.config import from_dict
 from methods.common.data import write_json
 from methods.common.errors import SuiteError
@@ -35,7 +46,9 @@ from methods.common.rewards import Reward, score_rewards
 from methods.common.task import Task
 
 SOURCE = "methods/grpo/method.yaml"
-MIN_TRL = "1.16"  # the TRL this was written and tested against; SuiteGRPOTrainer overrides two of its private hooks
+MIN_TRL = "1.16"  # the TRL this was written and tested against; SuiteGRPOTrainer overrides its private hooks
+COUNTS_FILE = "suite_counts.json"  # in each TRL checkpoint: the reward's counts and the seconds so far
+RESUMABLE_CHANGES = ("save_steps", "keep_checkpoints")  # may change between a crash and the restart
 
 
 @dataclass
@@ -71,6 +84,14 @@ class GRPOHparams:
     max_prompt_tokens: int = field(default=64, metadata={"help": "prompts are cut from the left to this length"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (fast on CPUs with AVX-512 BF16)"})
     logging_steps: int = field(default=1, metadata={"help": "optimizer steps between two log records"})
+    save_steps: int | None = field(
+        default=10,
+        metadata={"help": "checkpoint every N optimizer steps (TRL's save_steps), to resume from after a crash "
+                  "(None: never)"},
+    )  # fmt: skip
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "newest checkpoints kept while training (TRL's save_total_limit)"}
+    )
 
     def __post_init__(self):
         micro = self.micro_batch_size or self.batch_size
@@ -80,6 +101,11 @@ class GRPOHparams:
         if self.scored_samples % self.batch_size or self.scored_samples < self.batch_size:
             raise SuiteError(f"{SOURCE}: scored_samples {self.scored_samples} must be a positive multiple of "
                              f"batch_size {self.batch_size}")  # fmt: skip
+        bad_save = self.save_steps is not None and (self.save_steps < 1 or self.save_steps % self.num_iterations)
+        if self.keep_checkpoints < 1 or bad_save:
+            raise SuiteError(f"{SOURCE}: keep_checkpoints must be at least 1 and save_steps a positive multiple of "
+                             f"num_iterations ({self.num_iterations}), so that a checkpoint falls where TRL "
+                             f"samples afresh")  # fmt: skip
 
     @property
     def max_steps(self) -> int:
@@ -109,26 +135,61 @@ class RewardFunc:
         return values
 
 
+class EpochSampler(RepeatSampler):
+    """TRL's prompt sampler with each epoch's shuffle drawn from (seed, epoch) alone.
+
+    TRL's draws every epoch's order from one generator that checkpoints do not hold, and transformers 5 does not
+    replay earlier epochs on resume: a job resumed in epoch e would walk epoch 0's order again.
+    """
+
+    def set_epoch(self, epoch: int) -> None:  # the trainer calls it through the data loader before every epoch
+        if self.shuffle:
+            self.generator.manual_seed(int(np.random.SeedSequence([self.seed or 0, epoch]).generate_state(1)[0]))
+
+
 class SuiteGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with two changes, both on private hooks of TRL 1.x:
+    """TRL's GRPOTrainer with these changes, all on private hooks of TRL 1.x:
 
     - prompts are token ids cut from the left to `max_prompt_tokens` (TRL 1.x no longer truncates prompts);
     - completions whose reward is None are taken out of the loss. TRL itself leaves them out of the group mean and
-      std and sets their advantage to 0, but keeps their tokens in the KL term and in the loss's token count.
+      std and sets their advantage to 0, but keeps their tokens in the KL term and in the loss's token count;
+    - each checkpoint also holds the reward's counts, so that a resumed job reports the whole run's, and prompts
+      come in an order that depends on (seed, epoch) alone, so that a resumed job draws what an uninterrupted one
+      would.
     """
 
     def __init__(self, *args, reward: RewardFunc, prompt_ids: dict[str, list[int]], **kwargs):
         super().__init__(*args, reward_funcs=[reward], **kwargs)
         self.suite_reward, self.prompt_ids = reward, prompt_ids
+        self.seconds_before, self.resumed_from = 0.0, []  # of the runs this one resumes; their checkpoints
+
+    def _get_train_sampler(self, dataset=None) -> EpochSampler:
+        s = super()._get_train_sampler(dataset)
+        return EpochSampler(s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
 
     def _tokenize_prompts(self, prompts: list[str]):
         return [self.prompt_ids[p] for p in prompts], None, {}
 
     def train(self, *args, **kwargs):
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         result = super().train(*args, **kwargs)
-        self.train_seconds = time.perf_counter() - started  # the whole loop: sampling, scoring and learning
+        self.train_seconds = self.seconds_before + time.perf_counter() - self.started  # sampling, scoring, learning
         return result
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint, with the reward's counts written first: trainer_state.json, last, marks it complete."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        counts = {"scored": self.suite_reward.scored, "unscored": self.suite_reward.unscored,
+                  "train_seconds": self.seconds_before + time.perf_counter() - self.started,
+                  "resumed_from": self.resumed_from}  # fmt: skip
+        write_json(folder / COUNTS_FILE, counts)
+        super()._save_checkpoint(model, trial)
+
+    def restore_counts(self, checkpoint: Path) -> None:
+        counts = json.loads((checkpoint / COUNTS_FILE).read_text())
+        self.suite_reward.scored, self.suite_reward.unscored = counts["scored"], counts["unscored"]
+        self.seconds_before = counts["train_seconds"]
+        self.resumed_from = [*counts["resumed_from"], checkpoint.name]
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -168,7 +229,9 @@ def trl_config(cfg: GRPOHparams, task: Task, out_dir: Path, seed: int, device: s
         gradient_checkpointing=False,  # TRL turns it on by default; these models fit without it, and it costs time
         logging_steps=cfg.logging_steps,
         report_to="none",  # build_trainer adds TensorBoard with a writer inside out_dir
-        save_strategy="no",
+        save_strategy="no" if cfg.save_steps is None else "steps",
+        save_steps=cfg.save_steps or 500,  # TRL's default where save_strategy is "no": unused
+        save_total_limit=cfg.keep_checkpoints,
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
@@ -190,6 +253,7 @@ def train_stats(trainer: SuiteGRPOTrainer, cfg: GRPOHparams, reward: RewardFunc)
         "scored_samples": sampled,  # completions sent to the reward: the budget
         "dropped_unscored": reward.unscored,  # of those, the reward returned None: left out of the loss
         "optimizer_steps": trainer.state.global_step,
+        "resumed_from": trainer.resumed_from,  # the checkpoints the restarts resumed from, oldest first
         "beta": cfg.beta,
         "train_seconds": seconds,
         "sequences_per_second": sampled / max(seconds, 1e-9),
@@ -225,17 +289,48 @@ def build_trainer(
     return trainer, reward
 
 
+def latest_checkpoint(trl_dir: Path) -> Path | None:
+    """The newest complete TRL checkpoint (trainer_state.json is written last), after removing incomplete ones."""
+    found = sorted((p for p in trl_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+                   key=lambda p: int(p.name.split("-")[1]))  # fmt: skip
+    complete = [p for p in found if (p / "trainer_state.json").is_file() and (p / COUNTS_FILE).is_file()]
+    for partial in set(found) - set(complete):
+        shutil.rmtree(partial, ignore_errors=True)
+    return complete[-1] if complete else None
+
+
+def identity(cfg: GRPOHparams, task: Task, seed: int) -> dict:
+    """What a run directory's checkpoints belong to: every setting but how often they are written and kept."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    prompts = hashlib.sha256(json.dumps([[p.id, p.text] for p in task.train_prompts]).encode()).hexdigest()
+    return {"seed": seed, "task": task.name, "config": config, "prompts_sha256": prompts}
+
+
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
-    """Run GRPO for the profile's scored-sample budget; write out_dir/model (plain transformers) and train_stats.json."""
+    """Run GRPO for the profile's scored-sample budget; write out_dir/model (plain transformers) and train_stats.json.
+
+    An unfinished run of the same settings in out_dir resumes from its newest complete TRL checkpoint.
+    """
     cfg = from_dict(GRPOHparams, hparams, SOURCE)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, trl_dir = Path(out_dir), Path(out_dir) / "trl"
+    resume = claim_run(out_dir, identity(cfg, task, seed), "GRPO")
+    checkpoint = latest_checkpoint(trl_dir) if resume else None
+    if not resume:
+        shutil.rmtree(trl_dir, ignore_errors=True)
     trainer, reward = build_trainer(task, base_model, out_dir, cfg, seed=seed, device=device)
-    trainer.train()
+    if resume:
+        print(f"{out_dir}: resuming from {checkpoint or 'the start'}", flush=True)
+    if checkpoint is not None:
+        trainer.restore_counts(checkpoint)
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     if reward.scored == 0:
         raise SuiteError(f"reward '{reward.__name__}' returned None for every one of {reward.unscored} samples")
     model_dir = out_dir / "model"
-    trainer.model.save_pretrained(model_dir)
-    trainer.processing_class.save_pretrained(model_dir)
+    with atomic_output(model_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
     write_json(out_dir / "train_stats.json", train_stats(trainer, cfg, reward))
+    finish_run(out_dir)
+    for done in trl_dir.glob("checkpoint-*"):
+        shutil.rmtree(done, ignore_errors=True)
     return model_dir

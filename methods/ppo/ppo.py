@@ -12,12 +12,21 @@ for round r = 0 .. R-1, for each rollout batch of that round's prompts:
                   + vf_coef / 2 * max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)
     control   beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)
 generate from the trained policy, a plain causal LM
+
+The job is resumable: after every `checkpoint_every` iterations it writes a checkpoint (methods/common/checkpoint.py)
+of the policy and value head, AdamW, the schedule, the RNG states, beta, the score normalisation and the statistics.
+A restarted job with the same settings resumes from the newest complete one. Prompt choice comes from (seed, round),
+and each iteration's sampling seed and minibatch order from (seed, iteration), so a resumed CPU job ends bitwise
+where an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +40,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup, set_seed
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+from methods.common.checkpoint import Checkpoints, atomic_output, claim_run, finish_run, rng_state, set_rng_state
 from methods.common.config import from_dict_for_task
 from methods.common.data import write_json
 from methods.common.errors import SuiteError
@@ -43,6 +53,7 @@ from methods.common.task import Task
 SOURCE = "methods/ppo/method.yaml"
 META_FILE = "ppo.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
+RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints")  # may change between a crash and the restart
 
 
 @dataclass
@@ -85,6 +96,10 @@ class PPOConfig:
     bf16: bool = field(
         default=False, metadata={"help": "bfloat16 autocast for forward passes (fast on CPUs with AVX-512 BF16)"}
     )
+    checkpoint_every: int | None = field(
+        default=1, metadata={"help": "checkpoint every N PPO iterations, to resume from after a crash (None: never)"}
+    )
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest complete checkpoints kept while training"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -204,11 +219,15 @@ def rows(packed: Packed, idx: torch.Tensor) -> Packed:
                   packed.completion_mask[idx], packed.prefix_len - cut)  # fmt: skip
 
 
-def plan_batches(cfg: PPOConfig, num_prompts: int, rng: np.random.Generator) -> list[tuple[int, list[int]]]:
-    """(round, prompt indices) per PPO iteration: each round draws its prompts, then cuts them into rollout batches."""
+def plan_batches(cfg: PPOConfig, num_prompts: int, seed: int) -> list[tuple[int, list[int]]]:
+    """(round, prompt indices) per PPO iteration: each round draws its prompts, then cuts them into rollout batches.
+
+    A round's draw comes from (seed, round) alone, as Quark's does: the same prompts however the job was interrupted.
+    """
     n = num_prompts if cfg.prompts_per_round is None else min(cfg.prompts_per_round, num_prompts)
     batches = []
     for rnd in range(cfg.num_rounds):
+        rng = np.random.default_rng([seed, 0, rnd])
         chosen = [int(i) for i in rng.choice(num_prompts, size=n, replace=False)]
         chosen = [i for i in chosen for _ in range(cfg.samples_per_prompt)]
         size = cfg.rollout_batch_size or len(chosen)
@@ -229,21 +248,26 @@ class Rollout:
     stats: dict[str, float]
 
 
+def iteration_rng(seed: int, it: int) -> np.random.Generator:
+    """The draws of PPO iteration `it` (its sampling seed, then its minibatch orders), from (seed, iteration) alone."""
+    return np.random.default_rng([seed, 1, it])
+
+
 class Trainer:
-    """Holds the policy, its value head, the frozen reference and the KL controller; `rollout` then `learn` is one
-    PPO iteration."""
+    """Holds the policy, its value head, the frozen reference, the KL controller and the checkpoints; `rollout` then
+    `learn` is one PPO iteration."""
 
     def __init__(self, task: Task, base_model: Path, out_dir: Path, cfg: PPOConfig, seed: int, device: str):
-        self.task, self.cfg, self.out_dir, self.device = task, cfg, Path(out_dir), device
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.rng = np.random.default_rng(seed)
+        self.task, self.cfg, self.seed, self.out_dir, self.device = task, cfg, seed, Path(out_dir), device
+        self.checkpoints = Checkpoints(self.out_dir / "checkpoints", "ppo", cfg.keep_checkpoints)
+        resume = self.open_run()  # before the models load: a run directory that cannot be resumed fails at once
         self.policy, self.tokenizer = load_model(base_model, device)  # eval mode: no dropout, ratios start at 1
         self.ref, _ = load_model(base_model, device)
         self.ref.requires_grad_(False)
         self.value_head = ValueHead(self.policy.config.hidden_size).to(device)
         self.prompts = task.train_prompts
         self.prompt_ids = encode_prompts(self.tokenizer, [p.text for p in self.prompts], cfg.max_prompt_tokens)
-        self.batches = plan_batches(cfg, len(self.prompts), self.rng)
+        self.batches = plan_batches(cfg, len(self.prompts), seed)
         total_steps = sum(cfg.ppo_epochs * math.ceil(len(b) / cfg.minibatch_size) for _, b in self.batches)
         params = list(self.policy.parameters()) + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -252,9 +276,67 @@ class Trainer:
         )
         self.score_norm: tuple[float, float] | None = None
         self.kl_ctl = KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.horizon)
-        self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
         self.stats = {"scored_samples": 0, "dropped_unscored": 0, "explore_tokens": 0, "explore_seconds": 0.0,
-                      "train_sequences": 0, "train_seconds": 0.0, "iterations": []}  # fmt: skip
+                      "train_sequences": 0, "train_seconds": 0.0, "resumed_from": [], "iterations": []}  # fmt: skip
+        self.iteration = 0  # PPO iterations done
+        if resume is not None:
+            self.restore(resume)
+        self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    # ---- the run directory: resume a run with these settings, refuse one with others ----
+
+    def identity(self) -> dict:
+        config = {k: v for k, v in asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
+        prompts = hashlib.sha256(json.dumps([[p.id, p.text] for p in self.task.train_prompts]).encode()).hexdigest()
+        return {"seed": self.seed, "task": self.task.name, "config": config, "prompts_sha256": prompts}
+
+    def open_run(self) -> Path | None:
+        """The checkpoint to resume from (None: start afresh); an unfinished run with other settings is an error."""
+        resume = claim_run(self.out_dir, self.identity(), "PPO")
+        for stale in [*self.out_dir.glob("model.tmp*"), *self.out_dir.glob("value_head.tmp*")]:  # a save cut short
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        if not resume:
+            self.checkpoints.clear()
+            return None
+        latest = self.checkpoints.latest()
+        if latest is not None:
+            self.checkpoints.check(latest)
+        tqdm.write(f"{self.out_dir}: resuming from {latest or 'the start'}")
+        return latest
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor by checkpoint name: the policy's parameters and the value head's."""
+        return {**{f"policy.{n}": p for n, p in self.policy.named_parameters()},
+                **{f"value_head.{n}": p for n, p in self.value_head.named_parameters()}}  # fmt: skip
+
+    def save_checkpoint(self) -> None:
+        rng_tensors, rng_plain = rng_state()
+        objects = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "rng": rng_tensors}  # fmt: skip
+        state = {"iteration": self.iteration, "kl_coef": self.kl_ctl.value, "score_norm": self.score_norm,
+                 "stats": self.stats, "rng": rng_plain}  # fmt: skip
+        self.checkpoints.save(self.iteration, self.trainable(), objects, state)
+
+    def restore(self, path: Path) -> None:
+        tensors, objects, state = self.checkpoints.load(path)
+        params = self.trainable()
+        if set(tensors) != set(params):
+            raise SuiteError(f"{path}/weights.safetensors: its tensors do not match this model's; "
+                             f"move {self.out_dir} away to start afresh")  # fmt: skip
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name])
+        self.optimizer.load_state_dict(objects["optimizer"])
+        self.scheduler.load_state_dict(objects["scheduler"])
+        set_rng_state(objects["rng"], state["rng"])
+        self.kl_ctl.value, self.iteration, self.stats = state["kl_coef"], state["iteration"], state["stats"]
+        self.score_norm = None if state["score_norm"] is None else tuple(state["score_norm"])
+        self.stats["resumed_from"].append(path.name)
+
+    # ---- one PPO iteration ----
 
     def autocast(self):
         return torch.autocast("cpu" if self.device == "cpu" else "cuda", dtype=torch.bfloat16, enabled=self.cfg.bf16)
@@ -311,14 +393,12 @@ class Trainer:
                  "explore_tokens_per_second": explore_tokens / max(explore_seconds, 1e-9)}  # fmt: skip
         return Rollout(packed, mask, logprobs, values, whiten(advantages, mask), returns, stats)
 
-    def learn(self, batch: Rollout) -> dict[str, float]:
+    def learn(self, batch: Rollout, rng: np.random.Generator) -> dict[str, float]:
         cfg, n = self.cfg, len(batch.mask)
         started, history = time.perf_counter(), []
         lengths = prefix_lengths(batch.packed)
         minibatches = [
-            mb
-            for _ in range(cfg.ppo_epochs)
-            for mb in torch.from_numpy(self.rng.permutation(n)).split(cfg.minibatch_size)
+            mb for _ in range(cfg.ppo_epochs) for mb in torch.from_numpy(rng.permutation(n)).split(cfg.minibatch_size)
         ]
         for minibatch in tqdm(minibatches, desc="ppo epochs x minibatches", leave=False):
             tokens = batch.mask[minibatch].sum().clamp(min=1)
@@ -349,12 +429,16 @@ class Trainer:
         return summary
 
     def run(self) -> Path:
-        for it, (rnd, chosen) in enumerate(tqdm(self.batches, desc="ppo iterations")):
+        total, every = len(self.batches), self.cfg.checkpoint_every
+        for it in tqdm(range(self.iteration, total), desc="ppo iterations", initial=self.iteration, total=total):
+            rnd, chosen = self.batches[it]
+            rng = iteration_rng(self.seed, it)
+            torch.manual_seed(int(rng.integers(2**63)))
             started = time.perf_counter()
             batch = self.rollout(it, chosen)
             rollout_seconds = time.perf_counter() - started
             record = {"iteration": it, "round": rnd, "scored": len(batch.mask), "kl_coef": self.kl_ctl.value,
-                      **batch.stats, **self.learn(batch), "rollout_seconds": rollout_seconds}  # fmt: skip
+                      **batch.stats, **self.learn(batch, rng), "rollout_seconds": rollout_seconds}  # fmt: skip
             self.kl_ctl.update(batch.stats["kl"], len(batch.mask))
             self.stats["iterations"].append(record)
             for key, value in record.items():
@@ -363,20 +447,31 @@ class Trainer:
             tqdm.write(
                 f"iteration {it}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float))
             )
+            self.iteration = it + 1
+            if every and self.iteration % every == 0 and self.iteration < total:  # the last one: the model instead
+                self.save_checkpoint()
         return self.save()
 
     def save(self) -> Path:
+        """Write the model and value head whole, the statistics, mark the run finished, then retire the checkpoints."""
         model_dir = self.out_dir / "model"
-        self.policy.save_pretrained(model_dir)
-        self.tokenizer.save_pretrained(model_dir)
-        save_file(self.value_head.state_dict(), str(self.out_dir / VALUE_HEAD_FILE))
-        write_json(model_dir / META_FILE, {"final_kl_coef": self.kl_ctl.value, "score_norm": self.score_norm,
-                                           "config": asdict(self.cfg)})  # fmt: skip
-        s = self.stats
-        s["explore_tokens_per_second"] = s["explore_tokens"] / max(s["explore_seconds"], 1e-9)
-        s["train_sequences_per_second"] = s["train_sequences"] / max(s["train_seconds"], 1e-9)
-        write_json(self.out_dir / "train_stats.json", s)
+        try:
+            with atomic_output(model_dir) as tmp:
+                self.policy.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                write_json(tmp / META_FILE, {"final_kl_coef": self.kl_ctl.value, "score_norm": self.score_norm,
+                                             "config": asdict(self.cfg)})  # fmt: skip
+            with atomic_output(self.out_dir / VALUE_HEAD_FILE) as tmp:
+                save_file(self.value_head.state_dict(), str(tmp))
+            s = self.stats
+            s["explore_tokens_per_second"] = s["explore_tokens"] / max(s["explore_seconds"], 1e-9)
+            s["train_sequences_per_second"] = s["train_sequences"] / max(s["train_seconds"], 1e-9)
+            write_json(self.out_dir / "train_stats.json", s)
+            finish_run(self.out_dir)
+        except OSError as exc:
+            raise SuiteError(f"could not write the model to {model_dir} ({exc.strerror or exc})") from None
         self.writer.close()
+        self.checkpoints.clear()
         return model_dir
 
 
@@ -385,7 +480,9 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     set_seed(seed)
     cfg = from_dict_for_task(PPOConfig, hparams, task.name, SOURCE)
     for name in ("num_rounds", "samples_per_prompt", "minibatch_size", "micro_batch_size", "ppo_epochs",
-                 "sample_batch_size", "forward_batch_size"):  # fmt: skip
+                 "sample_batch_size", "forward_batch_size", "keep_checkpoints"):  # fmt: skip
         if getattr(cfg, name) < 1:
             raise SuiteError(f"{SOURCE}: {name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
+        raise SuiteError(f"{SOURCE}: checkpoint_every must be at least 1 or null, got {cfg.checkpoint_every}")
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()
