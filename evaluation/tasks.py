@@ -96,6 +96,16 @@ def split_articles(articles: list[list[str]], eval_fraction: float) -> tuple[lis
     return articles[:-n_eval], articles[-n_eval:]
 
 
+def wikitext_splits(
+    train_path: str | Path, eval_path: str | Path, eval_fraction: float = 0.25
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Training and evaluation articles. Two files (WikiText-103's train and test splits) are each used whole; one
+    file (the shipped validation split) is split, its last `eval_fraction` of articles held out for evaluation."""
+    if Path(train_path).resolve() != Path(eval_path).resolve():
+        return wikitext_articles(train_path), wikitext_articles(eval_path)
+    return split_articles(wikitext_articles(train_path), eval_fraction)
+
+
 def wikitext_prefixes(
     articles: list[list[str]], prefix_words: int, min_continuation_words: int, source: str | Path
 ) -> list[Prompt]:
@@ -114,9 +124,12 @@ def wikitext_prefixes(
     return prompts
 
 
-def wikitext_corpus(path: str | Path, eval_fraction: float = 0.25, **_) -> list[Text]:
-    """Paragraphs of the training articles, scored by their own diversity (the repetition reward)."""
-    train, _ = split_articles(wikitext_articles(path), eval_fraction)
+def wikitext_corpus(
+    path: str | Path, eval_fraction: float = 0.25, eval_path: str | Path | None = None, **_
+) -> list[Text]:
+    """Paragraphs of the training articles, scored by their own diversity (the repetition reward). The evaluation
+    articles are left out when the eval prompts come from the same file (`eval_path` None or equal to `path`)."""
+    train, _ = wikitext_splits(path, path if eval_path is None else eval_path, eval_fraction)
     texts = [detokenize(p) for article in train for p in article]
     return [Text(t, diversity(t.split())) for t in texts if t]
 

@@ -144,7 +144,8 @@ def test_method_without_entry_points_fails_in_one_line(repo_copy):
 
 def test_slurm_profile_resolves_every_jobs_resources(repo_copy):
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, "--profile", "workflow/profiles/slurm")
+    cuda = override(repo_copy, device="cuda")
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, cuda, "--profile", "workflow/profiles/slurm")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     blocks = {}
@@ -155,3 +156,6 @@ def test_slurm_profile_resolves_every_jobs_resources(repo_copy):
     assert {"train", "generate", "evaluate", "base_model"} <= set(blocks)
     assert "runtime=2880" in blocks["train"] and "mem_mb=64000" in blocks["train"]
     assert "runtime=720" in blocks["generate"] and "runtime=240" in blocks["evaluate"]
+    for rule in ["train", "generate", "evaluate", "type_sentiment_prompts", "prepare_corpus"]:  # they load models
+        assert "gpu=1" in blocks[rule], (rule, blocks[rule])
+    assert "gpu=" not in blocks["prepare_prompts"]

@@ -74,7 +74,7 @@ rule acf_sample:
     threads: acf_threads("sample")
     resources:
         mem_mb=4000,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPUS,
     benchmark:
         f"{ACF_RUN}/rounds/sample{{i}}.benchmark.tsv"
     script:
@@ -100,7 +100,7 @@ rule acf_train_r:
     threads: acf_threads("r")
     resources:
         mem_mb=4000,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPUS,
     benchmark:
         f"{ACF_RUN}/rounds/r{{i}}.benchmark.tsv"
     script:
@@ -126,7 +126,7 @@ rule acf_train_lm:
     threads: acf_threads("lm")
     resources:
         mem_mb=8000,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPUS,
     benchmark:
         f"{ACF_RUN}/rounds/lm{{i}}.benchmark.tsv"
     script:

@@ -21,7 +21,7 @@ rule dexperts_expert:
     threads: heavy_threads()
     resources:
         mem_mb=8000,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPUS,
     benchmark:
         f"{DEXPERTS_RUN}/{{side}}.benchmark.tsv"
     script:

@@ -71,23 +71,23 @@ METHOD_RULES = {m: str(Path(workflow.basedir, "methods", m, "rules.smk")) for m 
                 if Path(workflow.basedir, "methods", m, "rules.smk").is_file()}  # fmt: skip
 GENERIC_TRAIN = "|".join(m for m in METHODS if m not in METHOD_RULES) or "(?!)"
 PROFILE = config["profile"]
+GPUS = int(config["device"].startswith("cuda"))  # the `gpu` resource of every rule that loads a model
 R = f"{config['results_dir'].rstrip('/')}/{PROFILE}"
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
 
 def check_prompts(task):
     """Read the task's prompt files now (they are small), so a bad line fails before any job runs."""
-    from evaluation.tasks import split_articles, task_spec, wikitext_articles, wikitext_prefixes
+    from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits
     from methods.common.data import read_prompts, select_prompts
     from methods.common.errors import SuiteError
 
     d = config["data"][task]
     try:
         if task_spec(task).prompts == "wikitext":
-            train, evals = split_articles(wikitext_articles(d["train_prompts"]), d.get("eval_fraction", 0.25))
-            for articles in (train, evals):
-                wikitext_prefixes(articles, d.get("prefix_words", 32), d.get("min_continuation_words", 32),
-                                  d["train_prompts"])  # fmt: skip
+            splits = wikitext_splits(d["train_prompts"], d["eval_prompts"], d.get("eval_fraction", 0.25))
+            for articles, path in zip(splits, (d["train_prompts"], d["eval_prompts"])):
+                wikitext_prefixes(articles, d.get("prefix_words", 32), d.get("min_continuation_words", 32), path)
             return
         for split in ("train", "eval"):
             path = d[f"{split}_prompts"]

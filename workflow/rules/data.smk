@@ -39,6 +39,7 @@ rule type_sentiment_prompts:
     threads: heavy_threads()
     resources:
         mem_mb=6000,
+        gpu=GPUS,
     benchmark:
         f"{R}/data/sentiment_types.benchmark.tsv"
     script:
@@ -70,5 +71,6 @@ rule prepare_corpus:
         scorer=lambda w: scorer_spec(w.task),
     resources:
         mem_mb=2000,
+        gpu=GPUS,
     script:
         "../scripts/prepare_corpus.py"

@@ -16,6 +16,7 @@ rule evaluate:
     threads: heavy_threads()
     resources:
         mem_mb=6000,
+        gpu=GPUS,
     script:
         "../scripts/evaluate.py"
 

@@ -15,7 +15,7 @@ rule generate:
     threads: heavy_threads()
     resources:
         mem_mb=6000,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPUS,
     benchmark:
         f"{R}/{{task}}/{{row}}/seed{{seed}}/generate.benchmark.tsv"
     script:

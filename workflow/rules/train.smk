@@ -18,7 +18,7 @@ rule train:
     threads: heavy_threads()
     resources:
         mem_mb=12000,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPUS,
     benchmark:
         f"{R}/{{task}}/{{method}}/seed{{seed}}/train.benchmark.tsv"
     script:

@@ -3,18 +3,19 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
-from evaluation.tasks import split_articles, task_spec, wikitext_articles, wikitext_prefixes  # noqa: E402
+from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits  # noqa: E402
 from evaluation.sentiment import PROMPT_TYPES  # noqa: E402
 from methods.common.data import read_prompts, select_prompts, write_prompts  # noqa: E402
 
 
 def wikitext(sm, s):
-    train_articles, eval_articles = split_articles(wikitext_articles(sm.input.train), s.get("eval_fraction", 0.25))
+    """Prefixes of the train file's articles and of the eval file's; one file for both is split by article."""
+    train_articles, eval_articles = wikitext_splits(sm.input.train, sm.input.eval, s.get("eval_fraction", 0.25))
     words = s.get("prefix_words", 32), s.get("min_continuation_words", 32)
     train = wikitext_prefixes(train_articles, *words, sm.input.train)
-    evals = wikitext_prefixes(eval_articles, *words, sm.input.train)
+    evals = wikitext_prefixes(eval_articles, *words, sm.input.eval)
     return (select_prompts(train, s.get("train_max_prompts"), s.get("seed", 0), source=sm.input.train),
-            select_prompts(evals, sm.params.max_eval_prompts, s.get("seed", 0), source=sm.input.train))  # fmt: skip
+            select_prompts(evals, sm.params.max_eval_prompts, s.get("seed", 0), source=sm.input.eval))  # fmt: skip
 
 
 def sentiment(sm, s):
