@@ -52,7 +52,7 @@ def repo_copy(tmp_path):
     return dest
 
 
-def snakemake(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(cwd: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
