@@ -35,7 +35,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup, set_seed
 
-from methods.common.checkpoint import CHECKPOINT_VERSION, Checkpoints, ensure_writable, rng_state, set_rng_state
+from methods.common.checkpoint import (
+    CHECKPOINT_VERSION,
+    Checkpoints,
+    ensure_writable,
+    finish_run,
+    read_run,
+    rng_state,
+    set_rng_state,
+)
 from methods.common.config import from_dict_for_task
 from methods.common.data import Prompt, write_json
 from methods.common.errors import SuiteError
@@ -221,15 +229,7 @@ class Trainer:
         """Main process: open the pool, and name the checkpoint to resume from (None: none, or a fresh run)."""
         ensure_writable(self.out_dir)
         run_file, pool_path = self.out_dir / RUN_FILE, self.out_dir / "pool.sqlite"
-        try:
-            previous = json.loads(run_file.read_text()) if run_file.is_file() else None
-        except json.JSONDecodeError as exc:
-            raise SuiteError(
-                f"{run_file}: not valid JSON ({exc.msg}); move {self.out_dir} away to start afresh"
-            ) from None
-        if previous is not None and previous.get("version") != CHECKPOINT_VERSION:
-            raise SuiteError(f"{run_file}: run of version {previous.get('version')!r}, this code resumes version "
-                             f"{CHECKPOINT_VERSION}; move {self.out_dir} away to start afresh")  # fmt: skip
+        previous = read_run(run_file)
         identity = json.loads(json.dumps(self.identity()))  # as it reads back from JSON
         resume = previous is not None and not previous["finished"] and previous["identity"] == identity
         if not resume:
@@ -497,8 +497,7 @@ class Trainer:
                 s["explore_tokens_per_second"] = s["explore_tokens"] / max(s["explore_seconds"], 1e-9)
                 s["train_sequences_per_second"] = s["train_sequences"] / max(s["train_seconds"], 1e-9)
                 write_json(self.out_dir / "train_stats.json", s)
-                run = json.loads((self.out_dir / RUN_FILE).read_text())
-                write_json(self.out_dir / RUN_FILE, {**run, "finished": True})
+                finish_run(self.out_dir)
             except OSError as exc:
                 raise SuiteError(f"could not write the model to {model_dir} ({exc.strerror or exc})") from None
             self.writer.close()
