@@ -31,3 +31,25 @@ def test_every_profile_matches_the_schema():
         profile = yaml.safe_load((ROOT / "workflow/config" / name).read_text())
         merged = {**base, **profile}
         jsonschema.validate(merged, schema)
+
+
+def test_bf16_auto_follows_the_hardware(monkeypatch):
+    """`bf16: auto` in a method.yaml becomes bf16 only where the hardware runs it natively."""
+    from methods.common import config
+    from methods.quark.quark import QuarkConfig
+
+    for native in (True, False):
+        monkeypatch.setattr(config, "native_bf16", lambda native=native: native)
+        assert config.from_dict(QuarkConfig, {"bf16": "auto", "lr": 0.1}, "x").bf16 is native
+        assert config.from_dict(QuarkConfig, {"bf16": True}, "x").bf16 is True
+    quark = yaml.safe_load((ROOT / "methods/quark/method.yaml").read_text())
+    assert quark["hparams"]["mini"]["bf16"] == "auto"
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    typing = schema["properties"]["sentiment_prompts"]["properties"]["bf16"]
+    for value, ok in (("auto", True), (False, True), ("yes", False)):
+        try:
+            jsonschema.validate(value, typing)
+        except jsonschema.ValidationError:
+            assert not ok, value
+        else:
+            assert ok, value

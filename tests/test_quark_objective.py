@@ -79,3 +79,25 @@ def test_reward_token_rows_follow_existing_embedding_statistics(tiny):
     assert torch.cdist(new, new).fill_diagonal_(float("inf")).min() > 0.5 * old.std(0).norm()
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert len(tokenizer) == emb.shape[0]
+
+
+def test_unlikelihood_term_adds_its_weighted_per_token_mean():
+    """Quark + UL: the sequence-level term on repeated 2-grams, weighted and averaged over completion tokens."""
+    from methods.unlikelihood.losses import ngram_candidates, sequence_unlikelihood
+
+    torch.manual_seed(2)
+    prefixes, completions = [[3, 4], [5]], [[6, 7, 6, 7, 8], [9, 9, 9]]
+    packed = pack(prefixes, completions, 0)
+    B, C, V = 2, 5, 12
+    logits, ref_logits = torch.randn(B, C, V), torch.randn(B, C, V)
+    labels, mask = packed.completion_ids, packed.completion_mask
+    candidates = ngram_candidates(packed, 2)
+    term = lambda lp: sequence_unlikelihood(lp, labels, candidates)  # noqa: E731
+    plain, _ = quark_loss(logits, ref_logits, labels, mask, 0.05, 0.06)
+    loss, stats = quark_loss(logits, ref_logits, labels, mask, 0.05, 0.06, term, 2.5)
+    repeated = {(0, 2), (0, 3), (1, 1), (1, 2)}  # 6 7 | 6 7 repeats "6 7"; 9 9 | 9 repeats "9 9"
+    assert {(b, t) for b, t in candidates.nonzero().tolist()} == repeated
+    p = F.softmax(logits.double(), -1)
+    ul = sum(-torch.log(1 - p[b, t, labels[b, t]]) for b, t in repeated) / mask.sum()
+    assert loss.item() == pytest.approx(plain.item() + 2.5 * ul.item(), rel=1e-5)
+    assert stats["unlikelihood"] == pytest.approx(ul.item(), rel=1e-5)

@@ -5,6 +5,7 @@ for round r = 0 .. R-1:
     score     reward each sample; commit it to the pool (samples whose reward is None are kept out and counted)
     quantize  re-rank the whole pool into K equal quantiles; quantile k is marked by reward token r_k (r_0 best)
     learn     minimise NLL + beta * KL(pi(.|r_k, x, y<t) || p0(.|x, y<t)) - alpha * H(pi) on completion tokens
+              (+ unlikelihood_coef * an unlikelihood term, for the paper's Quark + UL on repetition)
 generate conditioned on r_0 (or any r_k: the trained model is a dial)
 
 The job is resumable: every scored batch is committed to the SQLite pool before anyone trains on it, and a
@@ -23,6 +24,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -51,10 +53,11 @@ from methods.common.generate import generate_jsonl
 from methods.common.kl import KLController, masked_mean
 from methods.common.models import encode_prompts, load_model, read_meta
 from methods.common.rollout import score_completions
-from methods.common.sampling import Sampling, completion_logits, pack, sample
+from methods.common.sampling import Packed, Sampling, completion_logits, pack, sample
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
 from methods.quark.pool import Pool, Sample, assign_quantiles
+from methods.unlikelihood.losses import ngram_candidates, sequence_unlikelihood, token_unlikelihood
 
 META_FILE = "quark.json"
 RUN_FILE = "run.json"  # what the run directory's pool and checkpoints belong to
@@ -94,6 +97,15 @@ class QuarkConfig:
         default=None, metadata={"help": "also checkpoint every N gradient steps inside a round (round ends always)"}
     )
     keep_checkpoints: int = field(default=2, metadata={"help": "newest complete checkpoints kept while training"})
+    unlikelihood_coef: float = field(
+        default=0.0, metadata={"help": "weight of an unlikelihood term added to the loss (the paper's Quark + UL on "
+                               "repetition); 0: plain Quark"},
+    )  # fmt: skip
+    unlikelihood_level: str = field(
+        default="sequence", metadata={"help": "'sequence': the sample's tokens in an n-gram repeated within its "
+                                      "completion; 'token': every earlier token of the sequence (Welleck et al.)"},
+    )  # fmt: skip
+    unlikelihood_ngram_n: int = field(default=4, metadata={"help": "n of the sequence-level repeated n-grams"})
     lora: dict | None = field(
         default=None,
         metadata={"help": "LoRA through PEFT, {r, alpha, dropout, target_modules} (defaults 16, 32, 0.0, PEFT's for "
@@ -117,12 +129,15 @@ def quark_loss(
     mask: torch.Tensor,
     kl_coef: float,
     entropy_coef: float,
+    unlikelihood: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    unlikelihood_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Quark's objective on completion tokens.
+    """Quark's objective on completion tokens, optionally plus unlikelihood_coef times an unlikelihood term.
 
     logits:     [B, C, V0] policy logits over the original vocabulary (reward-token logits removed)
     ref_logits: [B, C, V0] reference logits, computed without the reward token
     labels, mask: [B, C] completion token ids and 1 where a token exists
+    unlikelihood: maps the policy's [B, C, V0] log-probabilities to [B, C] per-position terms (methods/unlikelihood)
     """
     logprobs = F.log_softmax(logits.float(), dim=-1)
     ref_logprobs = F.log_softmax(ref_logits.float(), dim=-1)
@@ -131,7 +146,11 @@ def quark_loss(
     kl = (probs * (logprobs - ref_logprobs)).sum(-1)  # [B, C], exact over V0
     entropy = -(probs * logprobs).sum(-1)  # [B, C]
     mask = mask.float()
-    loss = masked_mean(nll + kl_coef * kl - entropy_coef * entropy, mask)
+    per_token = nll + kl_coef * kl - entropy_coef * entropy
+    if unlikelihood is not None:
+        ul = unlikelihood(logprobs)  # [B, C]
+        per_token = per_token + unlikelihood_coef * ul
+    loss = masked_mean(per_token, mask)
     stats = {
         "loss": loss.item(),
         "nll": masked_mean(nll, mask).item(),
@@ -139,6 +158,8 @@ def quark_loss(
         "kl_per_sequence": ((kl * mask).sum(-1)).mean().item(),
         "entropy": masked_mean(entropy, mask).item(),
     }
+    if unlikelihood is not None:
+        stats["unlikelihood"] = masked_mean(ul, mask).item()
     return loss, stats
 
 
@@ -409,7 +430,8 @@ class Trainer:
                 with torch.no_grad(), self.reference() as ref:
                     ref_logits = completion_logits(ref, plain)[..., : self.vocab_size]
             loss, stats = quark_loss(logits, ref_logits, conditioned.completion_ids, conditioned.completion_mask,
-                                     self.kl_ctl.value, cfg.entropy_coef)  # fmt: skip
+                                     self.kl_ctl.value, cfg.entropy_coef, self.unlikelihood(conditioned),
+                                     cfg.unlikelihood_coef)  # fmt: skip
             tokens = conditioned.completion_mask.sum().item()
             if self.world > 1:  # DDP averages the processes' gradients: weight each by its share of the tokens
                 all_tokens = self.acc.reduce(torch.tensor(float(tokens), device=self.device), "sum").item()
@@ -436,13 +458,27 @@ class Trainer:
         summary["sequences_per_second"] = sequences / max(seconds, 1e-9)
         return summary, cuts
 
+    def unlikelihood(self, conditioned: Packed) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The unlikelihood term for this batch (Quark + UL), None for plain Quark.
+
+        The reward token sits in the prefix with an id >= V0, so it is never a token-level candidate.
+        """
+        cfg = self.cfg
+        if not cfg.unlikelihood_coef:
+            return None
+        if cfg.unlikelihood_level == "token":
+            return lambda logprobs: token_unlikelihood(logprobs, conditioned)
+        candidates = ngram_candidates(conditioned, cfg.unlikelihood_ngram_n)
+        return lambda logprobs: sequence_unlikelihood(logprobs, conditioned.completion_ids, candidates)
+
     def reduce_stats(self, stats: dict[str, float], tokens: int, sequences: int) -> dict[str, float]:
         """Per-token means and the per-sequence KL over the global batch, identical on every process."""
-        per_token = ("loss", "nll", "kl", "entropy")
+        per_token = [k for k in stats if k != "kl_per_sequence"]
         local = [stats[k] * tokens for k in per_token] + [stats["kl_per_sequence"] * sequences, tokens, sequences]
         total = self.acc.reduce(torch.tensor(local, dtype=torch.float64, device=self.device), "sum").tolist()
-        out = {k: total[i] / max(total[5], 1) for i, k in enumerate(per_token)}
-        out["kl_per_sequence"] = total[4] / max(total[6], 1)
+        n = len(per_token)
+        out = {k: total[i] / max(total[n + 1], 1) for i, k in enumerate(per_token)}
+        out["kl_per_sequence"] = total[n] / max(total[n + 2], 1)
         return out
 
     def run(self) -> Path:
@@ -510,6 +546,9 @@ class Trainer:
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     set_seed(seed)
     cfg = from_dict_for_task(QuarkConfig, hparams, task.name, "methods/quark/method.yaml")
+    if cfg.unlikelihood_level not in ("sequence", "token"):
+        raise SuiteError(f"methods/quark/method.yaml: unlikelihood_level must be 'sequence' or 'token', "
+                         f"not {cfg.unlikelihood_level!r}")  # fmt: skip
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()
 
 

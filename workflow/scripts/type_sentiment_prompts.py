@@ -8,6 +8,7 @@ from _job import main  # noqa: E402
 
 from evaluation.scorers import get_scorer  # noqa: E402
 from evaluation.sentiment import assign_prompt_types  # noqa: E402
+from methods.common.config import native_bf16  # noqa: E402
 from methods.common.data import read_prompts, select_prompts, write_prompts  # noqa: E402
 from methods.common.models import encode_prompts, load_model  # noqa: E402
 from methods.common.sampling import Sampling, sample  # noqa: E402
@@ -19,13 +20,14 @@ def run(sm):
     s = {"max_candidates": 400, "samples_per_prompt": 6, "max_new_tokens": 20, "top_p": 0.9, "type_fraction": 0.2,
          "judge": "vader", "batch_size": 100, "bf16": False, "seed": 0, **dict(sm.params.settings)}  # fmt: skip
     set_seed(s["seed"])
+    bf16 = native_bf16() if s["bf16"] == "auto" else s["bf16"]
     prompts = select_prompts(read_prompts(sm.input.candidates), s["max_candidates"], s["seed"],
                              source=sm.input.candidates)  # fmt: skip
     model, tokenizer = load_model(sm.input.base, sm.params.device)
     n = s["samples_per_prompt"]
     ids = encode_prompts(tokenizer, [p.text for p in prompts], 64)
     sampling = Sampling(max_new_tokens=s["max_new_tokens"], top_p=s["top_p"], batch_size=s["batch_size"])
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=s["bf16"]):
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
         completions = sample(model, tokenizer, [x for x in ids for _ in range(n)], sampling,
                              desc=f"typing {len(prompts)} prompts x {n} continuations")  # fmt: skip
     judge = get_scorer(s["judge"]) if isinstance(s["judge"], str) else get_scorer(**dict(s["judge"]))
