@@ -91,7 +91,11 @@ class QuarkConfig:
     max_prompt_tokens: int = field(default=64, metadata={"help": "prompts are cut from the left to this length"})
     sample_batch_size: int = field(default=64, metadata={"help": "sequences per generate() call while exploring"})
     bf16: bool = field(
-        default=False, metadata={"help": "bfloat16 autocast for forward passes (fast on CPUs with AVX-512 BF16)"}
+        default=False,
+        metadata={
+            "help": "bfloat16 autocast for forward passes; 'auto': where the hardware runs it "
+            "natively (CUDA, AVX-512 BF16 or AMX CPUs)"
+        },
     )
     checkpoint_every: int | None = field(
         default=None, metadata={"help": "also checkpoint every N gradient steps inside a round (round ends always)"}
