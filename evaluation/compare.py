@@ -1,8 +1,8 @@
 """Compare a rerun's tables with the committed reference, metric by metric.
 
-    python -m evaluation.compare results/mini results/reference/mini
+    python -m evaluation.compare results/mini results/reference/mini [--tasks repetition ...]
 
-For every task table and method row in both, prints the reference value with its 95% interval and the rerun's
+For every task table of the reference (or the `--tasks` named) and every method row in both, prints the reference value with its 95% interval and the rerun's
 value, and flags a rerun value outside the reference interval. Exit status 1 if any is flagged.
 """
 
@@ -17,11 +17,16 @@ import pandas as pd
 from methods.common.errors import SuiteError, run_cli
 
 
-def compare(run_dir: Path, reference_dir: Path) -> pd.DataFrame:
+def compare(run_dir: Path, reference_dir: Path, tasks: list[str] | None = None) -> pd.DataFrame:
     rows = []
     tables = sorted(reference_dir.glob("*/table.csv"))
     if not tables:
         raise SuiteError(f"{reference_dir}: no */table.csv to compare with")
+    if tasks is not None:
+        unknown = sorted(set(tasks) - {t.parent.name for t in tables})
+        if unknown:
+            raise SuiteError(f"{reference_dir}: no reference table for task(s) {', '.join(unknown)}")
+        tables = [t for t in tables if t.parent.name in tasks]
     for ref_path in tables:
         task = ref_path.parent.name
         run_path = run_dir / task / "table.csv"
@@ -32,8 +37,11 @@ def compare(run_dir: Path, reference_dir: Path) -> pd.DataFrame:
         for method in ref.index.intersection(run.index):
             for m in metrics:
                 lo, hi, value = ref.at[method, f"{m}_ci_low"], ref.at[method, f"{m}_ci_high"], run.at[method, m]
-                rows.append({"task": task, "method": method, "metric": m, "reference": ref.at[method, m],
-                             "ci_low": lo, "ci_high": hi, "rerun": value, "outside_ci": not lo <= value <= hi})  # fmt: skip
+                reference = ref.at[method, m]
+                # a metric without an interval (a count such as uniq) must match the reference
+                outside = value != reference if pd.isna(lo) or pd.isna(hi) else not lo <= value <= hi
+                rows.append({"task": task, "method": method, "metric": m, "reference": reference,
+                             "ci_low": lo, "ci_high": hi, "rerun": value, "outside_ci": bool(outside)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -41,8 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a rerun's {results_dir}/{profile}")
     parser.add_argument("reference_dir", type=Path, help="e.g. results/reference/mini")
+    parser.add_argument("--tasks", nargs="+", help="compare only these tasks (default: every reference task)")
     args = parser.parse_args()
-    frame = compare(args.run_dir, args.reference_dir)
+    frame = compare(args.run_dir, args.reference_dir, args.tasks)
     print(frame.to_markdown(index=False, floatfmt=".4f"))
     flagged = int(frame["outside_ci"].sum())
     print(f"\n{flagged} of {len(frame)} values outside the reference's 95% interval")

@@ -10,6 +10,7 @@ from evaluation import toxicity
 from evaluation.metrics import bootstrap_ci, distinct_n
 from evaluation.perplexity import conditional_perplexity
 from evaluation.report import aggregate_seeds, make_table
+from methods.common.errors import SuiteError
 
 
 def test_distinct_n_on_hand_made_texts():
@@ -102,10 +103,25 @@ def test_compare_flags_values_outside_the_reference_interval(tmp_path):
                 "avg_max_toxicity": [0.5, value],
                 "avg_max_toxicity_ci_low": [0.4, 0.25],
                 "avg_max_toxicity_ci_high": [0.6, 0.35],
+                "uniq": [480, 862 if name == "reference" else 861],  # a count: no interval, so it must match
+                "uniq_ci_low": [float("nan")] * 2,
+                "uniq_ci_high": [float("nan")] * 2,
             }  # fmt: skip
         ).to_csv(tmp_path / name / "toxicity" / "table.csv", index=False)
-    frame = compare(tmp_path / "rerun", tmp_path / "reference")
-    assert frame.set_index("method")["outside_ci"].to_dict() == {"Base": False, "Quark": True}
+    frame = compare(tmp_path / "rerun", tmp_path / "reference").set_index(["metric", "method"])["outside_ci"]
+    assert frame.to_dict() == {("avg_max_toxicity", "Base"): False, ("avg_max_toxicity", "Quark"): True,
+                               ("uniq", "Base"): False, ("uniq", "Quark"): True}  # fmt: skip
+    # a rerun of one column: the reference's other tasks are skipped when the rerun's are named, and only then
+    (tmp_path / "reference" / "repetition").mkdir()
+    (tmp_path / "reference" / "toxicity" / "table.csv").rename(tmp_path / "reference" / "repetition" / "table.csv")
+    (tmp_path / "reference" / "toxicity" / "table.csv").write_text(
+        (tmp_path / "rerun" / "toxicity" / "table.csv").read_text()
+    )
+    with pytest.raises(SuiteError, match="repetition/table.csv: missing"):
+        compare(tmp_path / "rerun", tmp_path / "reference")
+    assert set(compare(tmp_path / "rerun", tmp_path / "reference", ["toxicity"])["task"]) == {"toxicity"}
+    with pytest.raises(SuiteError, match="no reference table for task.*sentiment"):
+        compare(tmp_path / "rerun", tmp_path / "reference", ["sentiment"])
 
 
 def test_unscored_samples_are_left_out_and_counted():
