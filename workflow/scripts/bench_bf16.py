@@ -47,7 +47,9 @@ def main() -> None:
             seconds[mode].append(time.perf_counter() - started)
     fp32, bf16 = (statistics.median(seconds[m]) for m in ("fp32", "bf16"))
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, native_bf16() = {native_bf16()}")
-    print(f"{args.batch} x {args.new_tokens} tokens: fp32 {fp32:.2f} s, bf16 {bf16:.2f} s (bf16 / fp32 = {bf16 / fp32:.2f})")
+    print(
+        f"{args.batch} x {args.new_tokens} tokens: fp32 {fp32:.2f} s, bf16 {bf16:.2f} s (bf16 / fp32 = {bf16 / fp32:.2f})"
+    )
 
 
 if __name__ == "__main__":
