@@ -2,8 +2,9 @@
 
     python -m evaluation.compare results/mini results/reference/mini [--tasks repetition ...]
 
-For every task table of the reference (or the `--tasks` named) and every method row in both, prints the reference value with its 95% interval and the rerun's
-value, and flags a rerun value outside the reference interval. Exit status 1 if any is flagged.
+For every task table of the reference (or those `--tasks` names) and every method row in both, prints the
+reference value with its 95% interval and the rerun's value, and flags a rerun value outside the reference interval
+(a value without an interval, such as the count uniq, must equal the reference's). Exit status 1 if any is flagged.
 """
 
 from __future__ import annotations

@@ -46,10 +46,5 @@ def test_bf16_auto_follows_the_hardware(monkeypatch):
     assert quark["hparams"]["mini"]["bf16"] == "auto"
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     typing = schema["properties"]["sentiment_prompts"]["properties"]["bf16"]
-    for value, ok in (("auto", True), (False, True), ("yes", False)):
-        try:
-            jsonschema.validate(value, typing)
-        except jsonschema.ValidationError:
-            assert not ok, value
-        else:
-            assert ok, value
+    validator = jsonschema.validators.validator_for(schema)(typing)
+    assert [validator.is_valid(v) for v in ("auto", False, "yes")] == [True, True, False]
