@@ -12,17 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from methods import grpo as grpo_method
-from methods.common.data import Prompt, read_jsonl
+from methods.common.config import from_dict_for_task
+from methods.common.data import Prompt, read_jsonl, read_prompts, select_prompts
 from methods.common.errors import SuiteError
 from methods.common.models import encode_prompts, load_model
 from methods.common.rewards import get_reward
 from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
+from evaluation.tasks import wikitext_prefixes, wikitext_splits
 from methods.grpo import grpo
+from methods.quark.quark import QuarkConfig
 from tests.conftest import CORPUS, ROOT
+from tests.test_ppo import budget
 from tests.test_resume import scored  # how many samples a counting task's reward scored
 
 WANTED = list(range(40, 70))  # 30 of ~300 tokens: the random model emits about 10% of them
@@ -101,6 +106,31 @@ def test_a_budget_that_is_not_whole_batches_names_the_method_file():
         grpo.GRPOHparams(batch_size=12, num_generations=8)
     with pytest.raises(SuiteError, match="scored_samples 100 must be a positive multiple of batch_size 16"):
         grpo.GRPOHparams(scored_samples=100, batch_size=16)
+
+
+def mini_train_prompts(task: str) -> int:
+    """How many train prompts the mini profile's data rule keeps for a task (workflow/scripts/prepare_prompts.py)."""
+    d = yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text())["data"][task]
+    if task == "repetition":
+        train, _ = wikitext_splits(ROOT / d["train_prompts"], ROOT / d["eval_prompts"], d.get("eval_fraction", 0.25))
+        prompts = wikitext_prefixes(train, d["prefix_words"], d["min_continuation_words"], d["train_prompts"])
+    else:
+        prompts = read_prompts(ROOT / d["train_prompts"])
+    return len(select_prompts(prompts, d.get("train_max_prompts"), 0, d.get("train_min_prompt_toxicity"),
+                              d.get("train_max_prompt_toxicity")))  # fmt: skip
+
+
+def test_the_mini_profile_scores_as_many_samples_as_quark_explores_on_every_task():
+    """Quark draws at most every train prompt a round, so a task with fewer prompts than prompts_per_round
+    (repetition: 196) scores fewer samples; GRPO's budget follows it, cut to whole batches."""
+    tasks = yaml.safe_load((ROOT / "methods/grpo/method.yaml").read_text())["tasks"]
+    mini = yaml.safe_load((ROOT / "methods/grpo/method.yaml").read_text())["hparams"]["mini"]
+    for task in tasks:
+        rounds, per_round, per_prompt = budget("quark", "mini", task, QuarkConfig)
+        explored = rounds * min(per_round or 10**9, mini_train_prompts(task)) * per_prompt
+        cfg = from_dict_for_task(grpo.GRPOHparams, dict(mini), task, "grpo")
+        assert cfg.scored_samples == explored // cfg.batch_size * cfg.batch_size, task
+        assert explored - cfg.scored_samples < cfg.batch_size, task
 
 
 def test_the_saved_model_loads_and_generates_greedily(tiny, tmp_path):
