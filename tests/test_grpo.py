@@ -127,7 +127,8 @@ def test_the_mini_profile_scores_as_many_samples_as_quark_explores_on_every_task
     mini = yaml.safe_load((ROOT / "methods/grpo/method.yaml").read_text())["hparams"]["mini"]
     for task in tasks:
         rounds, per_round, per_prompt = budget("quark", "mini", task, QuarkConfig)
-        explored = rounds * min(per_round or 10**9, mini_train_prompts(task)) * per_prompt
+        n_train = mini_train_prompts(task)
+        explored = rounds * min(per_round or n_train, n_train) * per_prompt  # None: every train prompt
         cfg = from_dict_for_task(grpo.GRPOHparams, dict(mini), task, "grpo")
         assert cfg.scored_samples == explored // cfg.batch_size * cfg.batch_size, task
         assert explored - cfg.scored_samples < cfg.batch_size, task
