@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from evaluation.tasks import wikitext_prefixes, wikitext_splits
 from methods import grpo as grpo_method
 from methods.common.config import from_dict_for_task
 from methods.common.data import Prompt, read_jsonl, read_prompts, select_prompts
@@ -23,7 +24,6 @@ from methods.common.models import encode_prompts, load_model
 from methods.common.rewards import get_reward
 from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
-from evaluation.tasks import wikitext_prefixes, wikitext_splits
 from methods.grpo import grpo
 from methods.quark.quark import QuarkConfig
 from tests.conftest import CORPUS, ROOT
@@ -123,9 +123,9 @@ def mini_train_prompts(task: str) -> int:
 def test_the_mini_profile_scores_as_many_samples_as_quark_explores_on_every_task():
     """Quark draws at most every train prompt a round, so a task with fewer prompts than prompts_per_round
     (repetition: 196) scores fewer samples; GRPO's budget follows it, cut to whole batches."""
-    tasks = yaml.safe_load((ROOT / "methods/grpo/method.yaml").read_text())["tasks"]
-    mini = yaml.safe_load((ROOT / "methods/grpo/method.yaml").read_text())["hparams"]["mini"]
-    for task in tasks:
+    spec = yaml.safe_load((ROOT / "methods/grpo/method.yaml").read_text())
+    mini = spec["hparams"]["mini"]
+    for task in spec["tasks"]:
         rounds, per_round, per_prompt = budget("quark", "mini", task, QuarkConfig)
         n_train = mini_train_prompts(task)
         explored = rounds * min(per_round or n_train, n_train) * per_prompt  # None: every train prompt
