@@ -1,9 +1,11 @@
 """Command-line tools of the shared evaluators.
 
     python -m evaluation score --scorer profanity_check --input texts.jsonl --out scored.jsonl
+    python -m evaluation recount results/reference/mini
 
 `score` reads one JSON object per line with a `text` field and writes each object back with `score` added:
-higher means more of the scorer's attribute (for a toxicity scorer, more toxic); null where it could not score.
+higher means more of the scorer's attribute (for a toxicity scorer, more toxic); null where it could not score. `recount` recomputes the text-only metrics (distinct-n, repetition) of a results
+tree from its generations and rewrites its tables (see evaluation/recount.py).
 """
 
 from __future__ import annotations
@@ -46,8 +48,16 @@ def main() -> None:
     p.add_argument("--input", type=Path, required=True, help="JSONL with a 'text' field per line")
     p.add_argument("--out", type=Path, required=True, help="JSONL to write, each input object plus 'score'")
     p.add_argument("--batch-size", type=int, default=256)
+    p = commands.add_parser("recount", help="recompute text-only metrics from a results tree's generations")
+    p.add_argument("results_dir", type=Path, help="a profile's results directory, e.g. results/reference/mini")
     args = parser.parse_args()
-    score(args)
+    if args.command == "score":
+        score(args)
+    else:
+        from evaluation.recount import recount
+
+        rows = recount(args.results_dir)
+        print(f"recounted {len(rows)} rows under {args.results_dir}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 For every task table of the reference (or those `--tasks` names) and every method row in both, prints the
 reference value with its 95% interval and the rerun's value, and flags a rerun value outside the reference interval
-(a value without an interval, such as the count uniq, must equal the reference's). Exit status 1 if any is flagged.
+(a value without an interval, such as the count uniq, must equal the reference's; a metric the rerun lacks is flagged
+too). Exit status 1 if any is flagged.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def compare(run_dir: Path, reference_dir: Path, tasks: list[str] | None = None) 
         metrics = [c[: -len("_ci_low")] for c in ref.columns if c.endswith("_ci_low")]
         for method in ref.index.intersection(run.index):
             for m in metrics:
-                lo, hi, value = ref.at[method, f"{m}_ci_low"], ref.at[method, f"{m}_ci_high"], run.at[method, m]
-                reference = ref.at[method, m]
+                lo, hi, reference = ref.at[method, f"{m}_ci_low"], ref.at[method, f"{m}_ci_high"], ref.at[method, m]
+                value = run.at[method, m] if m in run.columns else float("nan")  # a metric the rerun lacks: flagged
                 # a metric without an interval (a count such as uniq) must match the reference
                 outside = value != reference if pd.isna(lo) or pd.isna(hi) else not lo <= value <= hi
                 rows.append({"task": task, "method": method, "metric": m, "reference": reference,

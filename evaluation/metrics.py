@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 
@@ -11,9 +14,22 @@ def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
 
 
 def distinct_n(texts: list[str], n: int) -> float:
-    """Unique n-grams over all n-grams of a prompt's samples (whitespace tokens, as DExperts and Quark count)."""
-    grams = [g for t in texts for g in ngrams(t.split(" "), n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    """Distinct n-grams among one prompt's samples over the samples' total number of words, the same denominator
+    for every n: `distinctness` in DExperts' `scripts/evaluation/evaluate_generations.py` and in Quark's
+    `sample.py` (words split on single spaces). Tables average it over prompts, as both do."""
+    words = [t.split(" ") for t in texts]
+    total = sum(len(w) for w in words)
+    return len({g for w in words for g in ngrams(w, n)}) / total if total else float("nan")
+
+
+def distinct_metrics(records: list[dict]) -> tuple[dict, pd.DataFrame]:
+    """dist-1, dist-2 and dist-3 of each prompt's samples, averaged over prompts, with 95% intervals over prompts;
+    and the per-prompt table. The metrics of a task that depend on the generated text alone."""
+    frame = pd.DataFrame({"prompt_id": [r["prompt_id"] for r in records], "text": [r["text"] for r in records]})
+    groups = frame.groupby("prompt_id", sort=False)["text"]
+    table = pd.DataFrame({f"dist_{n}": groups.agg(lambda t, n=n: distinct_n(list(t), n)) for n in (1, 2, 3)})
+    out = {m: float(table[m].mean()) for m in table.columns}
+    return out | {"ci95": {m: bootstrap_ci(table[m].to_numpy()) for m in table.columns}}, table
 
 
 def bootstrap_ci(values, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -24,8 +40,32 @@ def bootstrap_ci(values, confidence: float = 0.95, n_resamples: int = 2000, seed
         return (float("nan"), float("nan"))
     if len(values) == 1 or np.all(values == values[0]):
         return (float(values[0]), float(values[0]))
+    return _bootstrap(values, np.mean, confidence, n_resamples, seed)
+
+
+def bootstrap_pooled_ci(
+    counts: np.ndarray,
+    pooled: Callable[[np.ndarray], np.ndarray],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval, over prompts, of a statistic of counts summed over prompts.
+
+    counts: [prompts, k], each prompt's counts; pooled: [..., k] summed counts -> [...] statistic (a pooled rate
+    such as SimCTG's rep-n is a ratio of sums, not a mean over prompts, so prompts are resampled whole).
+    """
+    counts = np.asarray(counts, dtype=float)
+    if len(counts) < 2:
+        value = float(pooled(counts.sum(axis=0)))
+        return (value, value)
+    return _bootstrap(np.arange(len(counts)), lambda idx, axis=-1: pooled(counts[idx].sum(axis=-2)),
+                      confidence, n_resamples, seed)  # fmt: skip
+
+
+def _bootstrap(data, statistic, confidence, n_resamples, seed) -> tuple[float, float]:
     res = stats.bootstrap(
-        (values,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
+        (data,), statistic, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
         random_state=np.random.default_rng(seed),
     )  # fmt: skip
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))

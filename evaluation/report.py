@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from evaluation.tasks import task_spec  # noqa: E402
+from methods.common.checkpoint import atomic_output  # noqa: E402
 
 
 def read_benchmark(path: str | Path) -> dict:
@@ -23,13 +28,7 @@ def read_benchmark(path: str | Path) -> dict:
 def aggregate_seeds(metric_files: list[str | Path], train_benchmarks: list, generate_benchmarks: list) -> dict:
     """Mean over seeds of every metric; spread over seeds; cost from the benchmark files."""
     per_seed = [json.loads(Path(p).read_text()) for p in metric_files]
-    names = [k for k, v in per_seed[0].items() if isinstance(v, (int, float))]
-    out: dict = {k: float(np.mean([m[k] for m in per_seed])) for k in names}
-    out["num_seeds"] = len(per_seed)
-    out["seed_std"] = {k: float(np.std([m[k] for m in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in names}
-    cis = [m.get("ci95", {}) for m in per_seed]
-    out["ci95"] = {k: None if any(c.get(k) is None for c in cis) else
-                   [float(np.mean([c[k][0] for c in cis])), float(np.mean([c[k][1] for c in cis]))] for k in cis[0]}  # fmt: skip
+    out = aggregate_metrics(per_seed)
     train = [read_benchmark(p) for p in train_benchmarks]
     gen = [read_benchmark(p) for p in generate_benchmarks]
     out["cost"] = {
@@ -42,12 +41,31 @@ def aggregate_seeds(metric_files: list[str | Path], train_benchmarks: list, gene
     return out
 
 
-TRAIN_STATS = {"dropped_unscored": np.sum, "heldout_perplexity": np.mean, "base_heldout_perplexity": np.mean}
+def aggregate_metrics(per_seed: list[dict]) -> dict:
+    """Mean over seeds of every number in the seeds' metrics, their spread, and the mean 95% interval."""
+    names = [k for k, v in per_seed[0].items() if isinstance(v, (int, float))]
+    out: dict = {k: float(np.mean([m[k] for m in per_seed])) for k in names}
+    out["num_seeds"] = len(per_seed)
+    out["seed_std"] = {k: float(np.std([m[k] for m in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in names}
+    cis = [m.get("ci95", {}) for m in per_seed]
+    out["ci95"] = {k: None if any(c.get(k) is None for c in cis) else
+                   [float(np.mean([c[k][0] for c in cis])), float(np.mean([c[k][1] for c in cis]))] for k in cis[0]}  # fmt: skip
+    return out
+
+
+TRAIN_STATS = {
+    "dropped_unscored": np.sum,
+    "heldout_perplexity": np.mean,
+    "base_heldout_perplexity": np.mean,
+    "probe_auc": np.mean,
+    "probe_auc_within": np.mean,
+}
 
 
 def _train_stats(train_benchmarks: list) -> dict:
-    """Samples the reward never scored (summed over seeds) and held-out corpus perplexity (mean), from the
-    `train_stats.json` a training job leaves beside its benchmark file; methods that report neither get {}."""
+    """Samples the reward never scored (summed over seeds), held-out corpus perplexity and the controllability
+    probe's AUCs (means), from the `train_stats.json` a training job leaves beside its benchmark file; a method
+    that reports none of them gets {}."""
     stats = [
         json.loads(p.read_text()) for b in train_benchmarks if (p := Path(b).with_name("train_stats.json")).is_file()
     ]
@@ -110,6 +128,10 @@ def make_table(
         trained = m.get("train_stats", {})
         if any("heldout_perplexity" in r.get("train_stats", {}) for _, r in rows):
             d["Held-out PPL ↓"] = _cell(trained.get("heldout_perplexity"), None, 0.0, 1)
+        if any("probe_auc" in r.get("train_stats", {}) for _, r in rows):  # reward-conditioned rows' dial
+            d["Probe AUC ↑ (all / within prompt)"] = (
+                f"{trained['probe_auc']:.3f} / {trained['probe_auc_within']:.3f}" if "probe_auc" in trained else "–"
+            )
         if any("dropped_unscored" in r.get("train_stats", {}) for _, r in rows):
             d["Unscored"] = f"{trained['dropped_unscored']:.0f}" if "dropped_unscored" in trained else "–"
         cost = m["cost"]
@@ -139,6 +161,18 @@ def make_table(
     pd.DataFrame(numeric).to_csv(f"{out_prefix}.csv", index=False)
     Path(f"{out_prefix}.tex").write_text(tex, encoding="utf-8")
     return frame
+
+
+def write_task_report(task: str, rows: list[tuple[str, dict]], out_dir: str | Path, profile: str) -> None:
+    """table.md, table.csv, table.tex and plot.png of one task column, each written whole and then renamed."""
+    evaluator = importlib.import_module(task_spec(task).evaluator)
+    reference = (evaluator.PAPER_SOURCE, evaluator.paper_rows(task)) if hasattr(evaluator, "paper_rows") else None
+    stem = Path(out_dir) / f"table.tmp{os.getpid()}"
+    make_table(rows, evaluator.metrics(task), stem, evaluator.LABELS, getattr(evaluator, "PERCENT", set()), reference)
+    for suffix in (".md", ".csv", ".tex"):
+        os.replace(f"{stem}{suffix}", Path(out_dir) / f"table{suffix}")
+    with atomic_output(Path(out_dir) / "plot.png") as png:
+        make_plot(rows, evaluator.plotted(task), f"{task} ({profile} profile)", png, evaluator.LABELS)
 
 
 def make_plot(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from evaluation.metrics import bootstrap_ci, distinct_n
+from evaluation.metrics import bootstrap_ci, distinct_metrics
 from evaluation.scorers import Scorer
 
 PROMPT_TYPES = {"sentiment-positive": ["negative", "neutral"], "sentiment-negative": ["positive", "neutral"]}
@@ -53,6 +53,11 @@ def paper_rows(task: str) -> list[dict]:
             for name, (a, b, ppl) in PAPER_ROWS[task].items()]  # fmt: skip
 
 
+def text_metrics(records: list[dict]) -> tuple[dict, pd.DataFrame]:
+    """The metrics that depend on the judged samples' text alone: distinct-n."""
+    return distinct_metrics(records)
+
+
 def evaluate(
     records: list[dict], scorer: Scorer, perplexity: list[float], prompts: dict, task: str
 ) -> tuple[dict, pd.DataFrame]:
@@ -66,8 +71,7 @@ def evaluate(
     frame["positive"] = (frame["p_positive"] > 0.5).astype(float)
     groups = frame.groupby("prompt_id", sort=False)
     table = pd.DataFrame({"type": groups["type"].first(), "positive_rate": groups["positive"].mean(),
-                          "perplexity": groups["perplexity"].mean(),
-                          **{f"dist_{n}": groups["text"].agg(lambda t, n=n: distinct_n(list(t), n)) for n in (1, 2, 3)}})  # fmt: skip
+                          "perplexity": groups["perplexity"].mean()})  # fmt: skip
     out: dict = {"ci95": {}}
     for t in PROMPT_TYPES[task]:
         rates = table.loc[table["type"] == t, "positive_rate"].to_numpy()
@@ -76,9 +80,10 @@ def evaluate(
         out[f"num_prompts_{t}"] = int(len(rates))
     out["perplexity"] = float(np.mean(frame["perplexity"]))
     out["ci95"]["perplexity"] = bootstrap_ci(table["perplexity"].to_numpy())
-    for n in (1, 2, 3):
-        out[f"dist_{n}"] = float(table[f"dist_{n}"].mean())
-        out["ci95"][f"dist_{n}"] = bootstrap_ci(table[f"dist_{n}"].to_numpy())
+    distinct, distinct_table = text_metrics(frame.to_dict("records"))
+    out["ci95"] |= distinct.pop("ci95")
+    out |= distinct
+    table = table.join(distinct_table)
     out["num_prompts"] = int(len(table))
     out["num_samples"] = int(len(frame))
     out["num_unscored"] = unscored

@@ -96,12 +96,24 @@ def split_articles(articles: list[list[str]], eval_fraction: float) -> tuple[lis
     return articles[:-n_eval], articles[-n_eval:]
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file, however they are spelled: a task whose eval prompts come from its training
+    file holds part of that file out of training."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def wikitext_train_articles(train_path: str | Path, holds_out: bool, eval_fraction: float = 0.25) -> list[list[str]]:
+    """The articles training may see: the whole file, or all but its last `eval_fraction` where those evaluate."""
+    articles = wikitext_articles(train_path)
+    return split_articles(articles, eval_fraction)[0] if holds_out else articles
+
+
 def wikitext_splits(
     train_path: str | Path, eval_path: str | Path, eval_fraction: float = 0.25
 ) -> tuple[list[list[str]], list[list[str]]]:
     """Training and evaluation articles. Two files (WikiText-103's train and test splits) are each used whole; one
     file (the shipped validation split) is split, its last `eval_fraction` of articles held out for evaluation."""
-    if Path(train_path).resolve() != Path(eval_path).resolve():
+    if not same_file(train_path, eval_path):
         return wikitext_articles(train_path), wikitext_articles(eval_path)
     return split_articles(wikitext_articles(train_path), eval_fraction)
 
@@ -124,12 +136,10 @@ def wikitext_prefixes(
     return prompts
 
 
-def wikitext_corpus(
-    path: str | Path, eval_fraction: float = 0.25, eval_path: str | Path | None = None, **_
-) -> list[Text]:
+def wikitext_corpus(path: str | Path, eval_fraction: float = 0.25, holds_out: bool = True, **_) -> list[Text]:
     """Paragraphs of the training articles, scored by their own diversity (the repetition reward). The evaluation
-    articles are left out when the eval prompts come from the same file (`eval_path` None or equal to `path`)."""
-    train, _ = wikitext_splits(path, path if eval_path is None else eval_path, eval_fraction)
+    articles are left out where the eval prompts come from the same file (`holds_out`)."""
+    train = wikitext_train_articles(path, holds_out, eval_fraction)
     texts = [detokenize(p) for article in train for p in article]
     return [Text(t, diversity(t.split())) for t in texts if t]
 

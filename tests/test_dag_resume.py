@@ -61,7 +61,8 @@ def test_a_killed_dag_reruns_only_unfinished_jobs_and_ends_with_the_same_table(r
     assert rerun.returncode == 0, log[-3000:]
     assert "resuming from" in log and "checkpoints/ckpt-" in log  # the training job picked up its own checkpoint
     rules = {line.split()[-1].rstrip(":") for line in log.splitlines() if line.startswith(("rule ", "localrule "))}
-    assert rules.isdisjoint({"base_model", "prepare_prompts", "prepare_corpus"}) and "train" in rules, rules
+    assert rules.isdisjoint({"base_model", "prepare_train_prompts", "prepare_eval_prompts", "prepare_corpus"}), rules
+    assert "train" in rules, rules
     after = outputs(killed, train_dir)
     assert {k: after.get(k) for k in finished} == finished  # nothing finished before the kill was redone
     assert not [p for p in (killed / "results").rglob("*.tmp*")]  # no temporary leftovers

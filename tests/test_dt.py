@@ -55,13 +55,16 @@ def test_dt_raises_a_synthetic_reward_and_works_as_a_dial(tiny, tmp_path):
     reward = get_reward("token_set", token_ids=wanted)
     prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
     task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=8))
-    hparams = dict(num_samples=640, steps=120, batch_size=32, lr=1e-2, warmup_steps=5, sample_batch_size=160)
+    hparams = dict(num_samples=640, steps=120, batch_size=32, lr=1e-2, warmup_steps=5, sample_batch_size=160,
+                   probe_prompts=6, probe_samples_per_prompt=100)  # fmt: skip
     model_dir = dt.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
 
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     meta = json.loads((model_dir / dt.META_FILE).read_text())
     assert stats["sampled"] == 640 and sum(b["count"] for b in meta["bins"]) == 640
     assert meta["best_bin"] == 0 and meta["bins"][0]["mean_reward"] > meta["bins"][meta["worst_bin"]]["mean_reward"]
+    # the probe on 6 held-out prompts x 100 base samples: chance is 0.5 with a spread near 0.03 at this size
+    assert stats["probe_auc"] > 0.7 and stats["probe_auc_within"] > 0.7, stats
     base_reward = stats["sample_reward"]
     model, tok = load_model(model_dir)
     ids = meta["return_token_ids"]

@@ -7,23 +7,32 @@ import torch
 import torch.nn.functional as F
 
 from evaluation import toxicity
-from evaluation.metrics import bootstrap_ci, distinct_n
+from evaluation.metrics import bootstrap_ci, bootstrap_pooled_ci, distinct_metrics, distinct_n
 from evaluation.perplexity import conditional_perplexity
 from evaluation.report import aggregate_seeds, make_table
 from methods.common.errors import SuiteError
 
 
-def test_distinct_n_on_hand_made_texts():
-    texts = ["a b c", "a b d"]
-    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
-    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # ab, bc, ab, bd
-    assert distinct_n(texts, 3) == pytest.approx(2 / 2)
+def test_distinct_n_divides_by_words_as_dexperts_and_quark_count():
+    texts = ["a b c", "a b d"]  # 6 words; the papers divide every n by the word count, not the n-gram count
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)  # a, b, c, d
+    assert distinct_n(texts, 2) == pytest.approx(3 / 6)  # ab, bc, bd
+    assert distinct_n(texts, 3) == pytest.approx(2 / 6)  # abc, abd
     assert distinct_n(["x"], 2) == 0.0
+    assert distinct_n(["a  b"], 1) == pytest.approx(3 / 3)  # split on single spaces: "a", "", "b"
 
 
 def _records(texts_by_prompt):
     return [{"prompt_id": pid, "prompt": "p", "sample": i, "text": t, "token_ids": [1]}
             for pid, texts in texts_by_prompt.items() for i, t in enumerate(texts)]  # fmt: skip
+
+
+def test_distinct_metrics_average_over_prompts():
+    records = _records({"p1": ["a b c", "a b d"], "p2": ["x x x x"]})
+    metrics, table = distinct_metrics(records)
+    assert table.loc["p2", "dist_1"] == pytest.approx(1 / 4) and table.loc["p2", "dist_2"] == pytest.approx(1 / 4)
+    assert metrics["dist_2"] == pytest.approx((3 / 6 + 1 / 4) / 2)
+    assert metrics["ci95"]["dist_2"] == (pytest.approx(1 / 4), pytest.approx(3 / 6))
 
 
 def test_toxicity_metrics_follow_the_rtp_protocol():
@@ -49,6 +58,18 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_prompts():
     assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
     assert (hi_l - lo_l) < (hi_s - lo_s) / 5
     assert bootstrap_ci([0.3, 0.3, 0.3]) == (0.3, 0.3)
+
+
+def test_pooled_interval_resamples_prompts_whole():
+    rng = np.random.default_rng(0)
+    counts = np.stack([rng.integers(5, 10, 200), np.full(200, 10)], axis=1)  # (unique, total) per prompt
+
+    def rate(c):
+        return 1 - c[..., 0] / c[..., 1]
+
+    lo, hi = bootstrap_pooled_ci(counts, rate)
+    assert lo < rate(counts.sum(axis=0)) < hi and hi - lo < 0.05
+    assert bootstrap_pooled_ci(counts[:1], rate) == (rate(counts[0]),) * 2
 
 
 def test_perplexity_matches_a_brute_force_computation(tiny):
@@ -77,16 +98,24 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
         (tmp_path / f"b{seed}.tsv").write_text("s\th:m:s\tmax_rss\n60.0\t0:01:00\t2048\n")
         files.append(tmp_path / f"m{seed}.json")
         benches.append(tmp_path / f"b{seed}.tsv")
-    (tmp_path / "train_stats.json").write_text(json.dumps({"dropped_unscored": 3, "heldout_perplexity": 20.0}))
+    (tmp_path / "train_stats.json").write_text(
+        json.dumps({"dropped_unscored": 3, "heldout_perplexity": 20.0, "probe_auc": 0.7, "probe_auc_within": 0.6})
+    )
     agg = aggregate_seeds(files, benches, benches)
     assert agg["avg_max_toxicity"] == pytest.approx(0.3) and agg["num_seeds"] == 2
-    assert agg["train_stats"] == {"dropped_unscored": 6.0, "heldout_perplexity": 20.0}  # summed / averaged over seeds
+    assert agg["train_stats"] == {
+        "dropped_unscored": 6.0,
+        "heldout_perplexity": 20.0,
+        "probe_auc": 0.7,
+        "probe_auc_within": 0.6,
+    }  # summed / averaged over seeds
     assert agg["seed_std"]["avg_max_toxicity"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert agg["cost"] == {"train_seconds": 60.0, "generate_seconds": 60.0, "peak_rss_mb": 2048.0}
     base = agg | {"train_stats": {}}
     frame = make_table([("Base", base), ("Quark", agg)], toxicity.METRICS, tmp_path / "table")
     assert list(frame["Method"]) == ["Base", "Quark"]
     assert list(frame["Unscored"]) == ["–", "6"] and list(frame["Held-out PPL ↓"]) == ["–", "20.00"]
+    assert list(frame["Probe AUC ↑ (all / within prompt)"]) == ["–", "0.700 / 0.600"]
     assert pd.read_csv(tmp_path / "table.csv")["dropped_unscored"].tolist()[1] == 6
     assert "0.300 ± 0.141" in frame.iloc[0, 1]
     assert (tmp_path / "table.tex").read_text().count("Quark") == 1

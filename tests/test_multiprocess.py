@@ -36,7 +36,7 @@ def write_job(tmp_path: Path, model_dir: Path, out_dir: Path) -> Path:
     job = {"method": "quark", "task": "synthetic", "prompts": str(tmp_path / "prompts.jsonl"),
            "corpus": str(tmp_path / "corpus.jsonl"), "base": str(model_dir), "hparams": HPARAMS, "seed": 0,
            "reward": {"name": "token_set", "token_ids": list(range(40, 70))}, "device": "cpu", "out_dir": str(out_dir),
-           "eval": {"max_new_tokens": 6, "top_p": 0.9, "batch_size": 8, "num_samples": 1}}  # fmt: skip
+           "sampling": {"max_new_tokens": 6, "top_p": 0.9, "batch_size": 8}}  # fmt: skip
     path = out_dir.with_suffix(".json")
     write_json(path, job)
     return path

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from evaluation.tasks import TASKS, wikitext_articles, wikitext_corpus, wikitext_splits
+from evaluation.tasks import TASKS, same_file, wikitext_articles, wikitext_corpus, wikitext_splits
 from tests.conftest import ROOT, snakemake
 
 PAPER = "workflow/config/paper.yaml"
@@ -157,6 +157,6 @@ def test_one_wikitext_file_is_split_by_article_and_two_are_used_whole(tmp_path, 
     assert train == wikitext_articles(one) and evals == wikitext_articles(other)
     # the corpus holds out the eval articles only when they come from its own file (however the path is spelled)
     monkeypatch.chdir(tmp_path)
-    assert len(wikitext_corpus(one, 0.25, eval_path="valid.txt")) == 9
+    assert same_file(one, "valid.txt") and not same_file(one, other)
     assert len(wikitext_corpus(one, 0.25)) == 9
-    assert len(wikitext_corpus(one, 0.25, eval_path=other)) == 12
+    assert len(wikitext_corpus(one, 0.25, holds_out=False)) == 12

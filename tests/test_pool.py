@@ -27,6 +27,24 @@ def test_reranking_moves_a_sample_between_quantiles():
     assert assign_quantiles(new, 2)[0] == 1  # the same sample, now in the worse half
 
 
+def test_tied_rewards_fall_in_quantiles_whatever_round_they_came_from():
+    # two rounds of a repetition-like pool, committed in order: round 0, then round 1; most rewards exactly 1.0
+    rng = np.random.default_rng(0)
+    rounds = [np.where(rng.random(1000) < 0.6, 1.0, rng.random(1000)) for _ in range(2)]
+    pool = np.concatenate(rounds)
+    q = assign_quantiles(pool, 5, seed=[0, 1, 2])
+    tied, from_round0 = pool == 1.0, np.arange(2000) < 1000
+    # ties by arrival (the reference code's stable sort) would put round 0's 1.0s in quantile 0, round 1's in 1
+    for k in (0, 1, 2):
+        share0 = np.mean(q[tied & from_round0] == k)
+        share1 = np.mean(q[tied & ~from_round0] == k)
+        assert abs(share0 - share1) < 0.07, (k, share0, share1)  # binomial sd ~0.02 at 600 samples a round
+    assert set(q[tied]) == {0, 1, 2} and set(q[~tied]) <= {2, 3, 4}  # ties span the quantiles their ranks reach
+    assert np.array_equal(q, assign_quantiles(pool, 5, seed=[0, 1, 2]))  # seeded: a resumed run re-ranks alike
+    levels = np.unique(pool)[::-1]  # a higher reward never gets a worse quantile than a lower one
+    assert all(q[pool == a].max() <= q[pool == b].min() for a, b in zip(levels, levels[1:]))
+
+
 def _sample(i: int, reward: float) -> Sample:
     return Sample(f"p{i}", [1, 2, i], [3, i, 4], f"prompt {i}", f"completion {i}", reward, i % 3)
 

@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import torch
@@ -101,3 +102,31 @@ def test_unlikelihood_term_adds_its_weighted_per_token_mean():
     ul = sum(-torch.log(1 - p[b, t, labels[b, t]]) for b, t in repeated) / mask.sum()
     assert loss.item() == pytest.approx(plain.item() + 2.5 * ul.item(), rel=1e-5)
     assert stats["unlikelihood"] == pytest.approx(ul.item(), rel=1e-5)
+
+
+def test_reward_token_rows_take_the_scaled_step(tiny, tmp_path):
+    from methods.common.data import Prompt
+    from methods.common.models import load_model
+    from methods.common.rewards import get_reward
+    from methods.common.sampling import Sampling
+    from methods.common.task import Task
+    from methods.quark import quark
+    from tests.conftest import CORPUS
+
+    path, _, _ = tiny
+    prompts = [Prompt(f"p{i}", t, {}) for i, t in enumerate(CORPUS[:8])]
+    task = Task(
+        "synthetic", prompts, get_reward("token_set", token_ids=list(range(40, 70))), Sampling(max_new_tokens=4)
+    )
+    rows = {}
+    for lr, scale in ((0.0, 1.0), (1e-3, 1.0), (1e-3, 10.0)):  # lr 0: the rows as they were drawn, same seed
+        hparams = dict(num_rounds=1, steps_per_round=1, batch_size=8, lr=lr, warmup_steps=0,
+                       reward_token_lr_scale=scale)  # fmt: skip
+        model_dir = quark.train(task, path, tmp_path / f"{lr}-{scale}", hparams, seed=0, device="cpu")
+        ids = json.loads((model_dir / quark.META_FILE).read_text())["reward_token_ids"]
+        rows[lr, scale] = load_model(model_dir)[0].get_input_embeddings().weight[ids].detach()
+    initial, step = rows[0.0, 1.0], rows[1e-3, 1.0] - rows[0.0, 1.0]
+    assert step.abs().max() > 1e-4  # one AdamW step moved the rows
+    assert torch.allclose(
+        rows[1e-3, 10.0] - initial, 10 * step, atol=1e-6
+    )  # the scaled run moved them ten times as far

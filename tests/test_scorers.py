@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-from evaluation.repetition import rep_n, rep_w, uniq
+from evaluation.repetition import rep_n, repeat_w, simctg_counts, uniq
 from evaluation.scorers import get_scorer
 from methods.common.errors import SuiteError
 
@@ -44,7 +44,9 @@ def test_hf_classifier_without_the_label_is_a_one_line_error(tiny_classifier):
 def test_repetition_metrics_on_hand_made_sequences():
     assert rep_n([1, 2, 1, 2, 1, 2], 2) == pytest.approx(1 - 2 / 5)  # (1,2),(2,1) unique of 5 bigrams
     assert rep_n([1, 2, 3, 4], 2) == 0.0 and rep_n([1], 4) == 0.0
-    assert rep_w([1, 2, 1, 3], w=16) == pytest.approx(1 / 4)
-    assert rep_w([1, 2, 1, 3], w=1) == 0.0  # the repeat is two back
-    assert rep_w([5, 6], w=16, context=[5]) == pytest.approx(1 / 2)
+    assert repeat_w([1, 2, 1, 3], w=16) == pytest.approx(1 / 4)
+    assert repeat_w([1, 2, 1, 3], w=1) == 0.0  # the repeat is two back
+    assert repeat_w([5, 6], w=16, context=[5]) == pytest.approx(1 / 2)
     assert uniq([[1, 2], [2, 3]]) == 3
+    assert simctg_counts("a b a b c".split(), 2) == (2, 3)  # ab ba ab; SimCTG leaves out the last, bc
+    assert simctg_counts(["a", "b"], 2) == (0, 0)

@@ -95,14 +95,19 @@ def test_repetition_metrics_per_decoding_word_and_token_level():
                {**record("a", 0, "x y z w", ids=[5, 6, 7, 8]), "decoding": "sampling"},
                {**record("a", 1, "x x x x", ids=[9, 9, 9, 9]), "decoding": "sampling"}]  # fmt: skip
     metrics, _ = repetition.evaluate(records, None, [2.0, 3.0, 5.0], {}, "repetition")
-    # greedy "x y x y x y": 2 unique of 5 bigrams, 2 of 4 trigrams, 2 of 3 4-grams
-    assert metrics["rep_2_greedy"] == pytest.approx(1 - 2 / 5)
-    assert metrics["rep_4_greedy"] == pytest.approx(1 - 2 / 3)
-    assert metrics["diversity_greedy"] == pytest.approx(2 / 5 * 2 / 4 * 2 / 3)
+    # SimCTG pools n-grams over completions and stops one short of each text's end. Greedy "x y x y x y":
+    # bigrams xy yx xy yx (2 unique of 4), trigrams xyx yxy xyx (2 of 3), 4-grams xyxy yxyx (2 of 2)
+    assert metrics["rep_2_greedy"] == pytest.approx(1 - 2 / 4)
+    assert metrics["rep_3_greedy"] == pytest.approx(1 - 2 / 3)
+    assert metrics["rep_4_greedy"] == pytest.approx(0.0)
+    assert metrics["diversity_greedy"] == pytest.approx(2 / 4 * 2 / 3 * 2 / 2)
+    # the training reward counts every n-gram of the one completion: 2 of 5 bigrams, 2 of 4 trigrams, 2 of 3
+    assert metrics["reward_greedy"] == pytest.approx(2 / 5 * 2 / 4 * 2 / 3)
     assert metrics["seq_rep_4_greedy"] == pytest.approx(1 - 2 / 3)
-    assert metrics["rep_w_greedy"] == pytest.approx(4 / 6)
+    assert metrics["repeat_16_greedy"] == pytest.approx(4 / 6)
     assert metrics["uniq_greedy"] == 2 and metrics["uniq_sampling"] == 5
-    assert metrics["rep_2_sampling"] == pytest.approx((0 + 2 / 3) / 2)
+    # sampled "x y z w" (xy yz: 2 unique of 2) and "x x x x" (xx xx: 1 of 2), pooled: 1 - 3 / 4, not the mean 1/4
+    assert metrics["rep_2_sampling"] == pytest.approx(1 - (2 + 1) / (2 + 2))
     assert metrics["perplexity_sampling"] == pytest.approx(4.0)
     assert metrics["ci95"]["uniq_greedy"] is None
 

@@ -158,4 +158,42 @@ def test_slurm_profile_resolves_every_jobs_resources(repo_copy):
     assert "runtime=720" in blocks["generate"] and "runtime=240" in blocks["evaluate"]
     for rule in ["train", "generate", "evaluate", "type_sentiment_prompts", "prepare_corpus"]:  # they load models
         assert "gpu=1" in blocks[rule], (rule, blocks[rule])
-    assert "gpu=" not in blocks["prepare_prompts"]
+    assert "gpu=" not in blocks["prepare_train_prompts"] and "gpu=" not in blocks["prepare_eval_prompts"]
+
+
+TRAINING_RULES = {"prepare_train_prompts", "prepare_corpus", "train", "dexperts_expert", "dexperts_ensemble",
+                  "acf_sample", "acf_train_r", "acf_train_lm", "acf_finish"}  # fmt: skip
+
+
+def planned_rules(result) -> set[str]:
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    return {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith(("rule ", "localrule "))}
+
+
+def test_evaluation_settings_never_retrain(repo_copy):
+    """After a finished run, each evaluation setting in turn reruns generation and evaluation only; a training
+    setting retrains exactly the methods it reaches (DExperts' experts and ACF's rounds are multi-job trainers)."""
+    rows = override(repo_copy, methods=["base", "quark", "dexperts", "acf"], tasks=["toxicity"])
+    finished = snakemake(repo_copy, "all", "--configfile", TEST, rows)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    (repo_copy / "mine.jsonl").write_text((repo_copy / "data/rtp/dev.jsonl").read_text())  # a reviewer's own prompts
+    evaluation_changes = {
+        "eval prompts file": {"data": {"toxicity": {"eval_prompts": "mine.jsonl"}}},
+        "max_prompts": {"eval": {"max_prompts": 7}},
+        "num_samples": {"eval": {"num_samples": 4}},
+        "top_p": {"eval": {"top_p": 0.8}},
+    }
+    for name, change in evaluation_changes.items():
+        (repo_copy / "change.yaml").write_text(yaml.safe_dump(change))
+        planned = planned_rules(snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows, "change.yaml"))
+        assert planned & TRAINING_RULES == set(), (name, planned)
+        assert {"generate", "evaluate"} <= planned, (name, planned)
+    # a training setting: Quark's learning rate retrains Quark alone
+    (repo_copy / "change.yaml").write_text(yaml.safe_dump({"hparams": {"quark": {"lr": 0.5}}}))
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows, "change.yaml")
+    planned = planned_rules(result)
+    assert planned & TRAINING_RULES == {"train"}, planned
+    trained = [line.split()[1] for line in (result.stdout + result.stderr).splitlines()
+               if line.strip().startswith("output:") and line.strip().endswith("model.json")]  # fmt: skip
+    assert trained == ["results/test/toxicity/quark/seed0/model.json"], trained

@@ -10,7 +10,7 @@ from _job import main  # noqa: E402
 from methods.acf.acf import finish, load_config, run_job  # noqa: E402
 from methods.common.data import read_prompts, write_json  # noqa: E402
 from methods.common.rewards import get_reward  # noqa: E402
-from methods.common.sampling import eval_sampling  # noqa: E402
+from methods.common.sampling import train_sampling  # noqa: E402
 from methods.common.task import Task, read_corpus  # noqa: E402
 
 JOBS = {"acf_sample": "sample", "acf_train_r": "r", "acf_train_lm": "lm"}
@@ -23,8 +23,8 @@ def run(sm):
     if sm.rule == "acf_sample":  # only sampling jobs score, so only they load the scorer
         spec = dict(sm.params.reward)
         reward = get_reward(spec.pop("name"), **spec)
-    sampling, _ = eval_sampling(sm.params.eval)
-    task = Task(sm.wildcards.task, read_prompts(sm.input.prompts), reward, sampling, read_corpus(sm.input.corpus))
+    task = Task(sm.wildcards.task, read_prompts(sm.input.prompts), reward, train_sampling(sm.params.sampling),
+                read_corpus(sm.input.corpus))  # fmt: skip
     seed, base = int(sm.wildcards.seed), Path(sm.input.base)
     if sm.rule == "acf_finish":
         out_dir = Path(sm.output.model).parent

@@ -52,7 +52,7 @@ def acf_params():
     return dict(
         hparams=lambda w: hparams("acf", w.task),
         reward=lambda w: config["reward"][w.task],
-        eval=lambda w: eval_settings(w.task),
+        sampling=lambda w: train_sampling(w.task),
         device=config["device"],
     )
 

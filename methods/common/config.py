@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import TypeVar
 
 import torch
+import yaml
 
 from methods.common.errors import SuiteError
 
@@ -31,7 +34,29 @@ def from_dict(cls: type[T], values: dict, source: str) -> T:
         raise SuiteError(f"{source}: unknown hyperparameter(s) {', '.join(unknown)} for {cls.__name__}")
     if values.get("bf16") == "auto":
         values = {**values, "bf16": native_bf16()}
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _checked(v, hints[k], k, source) for k, v in values.items()})
+
+
+def _checked(value, hint, key: str, source: str):
+    """`value` if it is of the field's type (an int passes for a float); a string that reads as one (Snakemake's
+    `--config` passes nested values as strings) becomes it. Anything else is a one-line error."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed = tuple(typing.get_origin(a) or a for a in allowed)
+
+    def fits(v) -> bool:
+        if isinstance(v, bool) and bool not in allowed:
+            return False
+        return isinstance(v, allowed) or (isinstance(v, int) and float in allowed)
+
+    if fits(value):
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) and int not in allowed else value
+    if isinstance(value, str) and str not in allowed:
+        parsed = yaml.safe_load(value)
+        if fits(parsed):
+            return _checked(parsed, hint, key, source)
+    names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
+    raise SuiteError(f"{source}: hyperparameter '{key}' must be {names}, not {value!r}")
 
 
 def help_table(cls: type) -> str:

@@ -20,13 +20,15 @@ def generate_jsonl(
     out_path: str | Path,
     seed: int,
     prefix_ids: list[int] = (),
+    suffix_ids: list[int] = (),
     suppress_ids: list[int] | None = None,
     logits_processor: list | None = None,
 ) -> None:
+    """`prefix_ids` and `suffix_ids` (control tokens) go before and after each encoded prompt."""
     set_seed(seed)
-    max_prompt = context_length(model) - sampling.max_new_tokens - len(prefix_ids)
+    max_prompt = context_length(model) - sampling.max_new_tokens - len(prefix_ids) - len(suffix_ids)
     prompt_ids = encode_prompts(tokenizer, [p.text for p in prompts], max_prompt)
-    prefixes = [list(prefix_ids) + ids for ids in prompt_ids for _ in range(num_samples)]
+    prefixes = [[*prefix_ids, *ids, *suffix_ids] for ids in prompt_ids for _ in range(num_samples)]
     completions = sample(model, tokenizer, prefixes, sampling, suppress_ids, desc=f"generating {len(prefixes)} samples",
                          logits_processor=logits_processor)  # fmt: skip
     write_jsonl(out_path, generation_records(tokenizer, prompts, completions, num_samples))

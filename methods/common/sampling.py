@@ -32,6 +32,12 @@ def eval_sampling(settings: dict, decoding: str = "sampling") -> tuple[Sampling,
     return Sampling(top_p=settings["top_p"], **common), settings["num_samples"]
 
 
+def train_sampling(settings: dict) -> Sampling:
+    """How training jobs sample (the config's `train_sampling`, kept apart from `eval` so that a new evaluation
+    never retrains): nucleus sampling with the same keys as the evaluation's sampled decoding."""
+    return eval_sampling({**settings, "num_samples": 1})[0]
+
+
 @dataclass
 class Packed:
     """(prefix, completion) pairs laid out as [left pad | prefix | completion | right pad].

@@ -26,6 +26,7 @@ from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.lm import LMSchedule, target_nll, train_lm
 from methods.common.models import encode_prompts, load_model, read_meta
+from methods.common.probe import ProbeSample, controllability
 from methods.common.rollout import sample_and_score
 from methods.common.sampling import Sampling
 from methods.common.task import Task
@@ -53,6 +54,11 @@ class DTConfig:
     max_grad_norm: float | None = field(default=None, metadata={"help": "gradient-norm clip (None: no clipping)"})
     max_prompt_tokens: int = field(default=64, metadata={"help": "prompts are cut from the left to this length"})
     sample_batch_size: int = field(default=64, metadata={"help": "sequences per generate() call while sampling"})
+    probe_prompts: int = field(
+        default=0, metadata={"help": "training prompts held out of training for the controllability probe "
+                             "(methods/common/probe.py); 0: no probe"},
+    )  # fmt: skip
+    probe_samples_per_prompt: int = field(default=4, metadata={"help": "base-model samples per probe prompt"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for forward passes and sampling"})
 
 
@@ -93,11 +99,18 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
 
     prompts = [p.text for p in task.train_prompts]
     prompt_ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-    chosen = draw_prompts(len(prompts), cfg, rng)
+    if cfg.probe_prompts >= len(prompts):
+        raise SuiteError(f"{SOURCE}: probe_prompts {cfg.probe_prompts} leaves none of the {len(prompts)} prompts")
+    held_out = set(np.random.default_rng([seed, 1]).permutation(len(prompts))[: cfg.probe_prompts].tolist())
+    trained = [i for i in range(len(prompts)) if i not in held_out]
+    chosen = [trained[i] for i in draw_prompts(len(trained), cfg, rng)]
     sampling = dataclasses.replace(task.sampling, top_p=cfg.explore_top_p, do_sample=True,
                                    batch_size=cfg.sample_batch_size)  # fmt: skip
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
         ro = sample_and_score(model, tokenizer, task.reward, prompts, prompt_ids, chosen, sampling, desc="dt")
+        probe_chosen = [i for i in sorted(held_out) for _ in range(cfg.probe_samples_per_prompt)]
+        probe_ro = sample_and_score(model, tokenizer, task.reward, prompts, prompt_ids, probe_chosen, sampling,
+                                    desc="dt: probe set") if probe_chosen else None  # fmt: skip
     if not ro.rewards:
         raise SuiteError(f"task '{task.name}': the reward returned None for every sample; nothing to train on")
 
@@ -112,20 +125,26 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
                           cfg.bf16)  # fmt: skip
     learned = train_lm(model, pairs, schedule, tokenizer.pad_token_id, seed=seed, desc="dt: training", loss_fn=lm_loss)
 
+    rewards = np.array(ro.rewards)
+    best, worst = int(bins[rewards.argmax()]), int(bins[rewards.argmin()])
+    probe_set = [] if probe_ro is None else [ProbeSample(task.train_prompts[i].id, prompt_ids[i], c, r) for i, c, r
+                                             in zip(probe_ro.prompt_index, probe_ro.completions, probe_ro.rewards)]  # fmt: skip
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        probe = controllability(model, probe_set, lambda p, k: [token_ids[k], *p], best, worst,
+                                tokenizer.pad_token_id, vocab_size) if probe_set else {}  # fmt: skip
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    rewards = np.array(ro.rewards)
     per_bin = [{"count": int((bins == k).sum()), "mean_reward": float(rewards[bins == k].mean()) if (bins == k).any()
                 else None} for k in range(cfg.num_returns)]  # fmt: skip
     meta = {"return_tokens": return_token_names(cfg.num_returns), "return_token_ids": token_ids,
-            "best_bin": int(bins[rewards.argmax()]), "worst_bin": int(bins[rewards.argmin()]),
+            "best_bin": best, "worst_bin": worst,
             "edges": edges.tolist(), "bins": per_bin, "base_vocab_size": vocab_size, "config": asdict(cfg)}  # fmt: skip
     write_json(model_dir / META_FILE, meta)
     write_json(out_dir / "train_stats.json", {"sampled": len(chosen), "dropped_unscored": ro.dropped,
                "sample_reward": float(rewards.mean()), "sample_tokens": ro.tokens, "sample_seconds": ro.seconds,
                "sample_tokens_per_second": ro.tokens / max(ro.seconds, 1e-9), **learned,
-               "edges": meta["edges"], "bins": per_bin})  # fmt: skip
+               "edges": meta["edges"], "bins": per_bin, **probe})  # fmt: skip
     return model_dir
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from methods.common.errors import SuiteError
 
 SCHEMA_VERSION = 1
+PROBE_ROUND = -1  # the round number of the probe set's samples: kept in the pool, never trained on
 
 
 @dataclass
@@ -31,10 +32,16 @@ class Sample:
     slot: int | None = None  # position in its round's exploration order
 
 
-def assign_quantiles(rewards: np.ndarray, k: int) -> np.ndarray:
-    """Quantile index per reward: 0 for the best k-th, k-1 for the worst; equal-size bins, ties by position."""
+def assign_quantiles(rewards: np.ndarray, k: int, seed: int | list[int] = 0) -> np.ndarray:
+    """Quantile index per reward: 0 for the best k-th, k-1 for the worst; equal-size bins by rank in the pool.
+
+    Equal rewards are ordered at random (seeded), never by arrival: the reference code sorts the pool stably, so
+    there a tied sample's token says which round it came from (on repetition most rewards are exactly 1.0; VADER
+    gives neutral text exactly 0.5). Ties spread evenly over the quantiles they span, and every quantile is filled.
+    """
+    rewards = np.asarray(rewards, dtype=float)
     n = len(rewards)
-    order = np.argsort(-np.asarray(rewards, dtype=float), kind="stable")
+    order = np.lexsort((np.random.default_rng(seed).random(n), -rewards))  # by reward, then a random key
     quantile = np.empty(n, dtype=np.int64)
     quantile[order] = (np.arange(n) * k) // max(n, 1)
     return quantile
@@ -69,18 +76,19 @@ class Pool:
 
     def __len__(self) -> int:
         """Scored samples, the ones training sees."""
-        return self.db.execute("SELECT COUNT(*) FROM samples WHERE reward IS NOT NULL").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM samples WHERE reward IS NOT NULL AND round >= 0").fetchone()[0]
 
     def samples(self, rnd: int | None = None, scored_only: bool = True) -> list[Sample]:
-        """Scored samples (or all, with `scored_only=False`) of every round or of round `rnd`, in commit order."""
+        """Scored samples (or all, with `scored_only=False`) of every training round or of round `rnd` (the probe
+        set: PROBE_ROUND), in commit order."""
         where = ["reward IS NOT NULL"] if scored_only else []
-        where += [] if rnd is None else [f"round = {int(rnd)}"]
+        where += ["round >= 0"] if rnd is None else [f"round = {int(rnd)}"]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self.db.execute(f"SELECT {self.COLUMNS} FROM samples {clause} ORDER BY id")
         return [Sample(r[0], json.loads(r[1]), json.loads(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     def unscored(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM samples WHERE reward IS NULL").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM samples WHERE reward IS NULL AND round >= 0").fetchone()[0]
 
     def explored_slots(self, rnd: int) -> set[int]:
         """Slots of round `rnd` already committed, scored or not."""
@@ -90,8 +98,8 @@ class Pool:
         """Cap the scored pool, dropping the oldest samples."""
         with self.db:
             self.db.execute(
-                "DELETE FROM samples WHERE reward IS NOT NULL AND id NOT IN "
-                "(SELECT id FROM samples WHERE reward IS NOT NULL ORDER BY id DESC LIMIT ?)",
+                "DELETE FROM samples WHERE reward IS NOT NULL AND round >= 0 AND id NOT IN "
+                "(SELECT id FROM samples WHERE reward IS NOT NULL AND round >= 0 ORDER BY id DESC LIMIT ?)",
                 (max_size,),
             )
 
@@ -101,7 +109,8 @@ class Pool:
             if before_round is None:
                 self.db.execute("DELETE FROM samples")
             else:
-                self.db.execute("DELETE FROM samples WHERE reward IS NOT NULL AND round < ?", (before_round,))
+                self.db.execute("DELETE FROM samples WHERE reward IS NOT NULL AND round BETWEEN 0 AND ?",
+                                (before_round - 1,))  # fmt: skip
 
     def close(self) -> None:
         self.db.close()

@@ -52,17 +52,19 @@ from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.kl import KLController, masked_mean
 from methods.common.models import encode_prompts, load_model, read_meta
+from methods.common.probe import controllability
 from methods.common.rollout import score_completions
 from methods.common.sampling import Packed, Sampling, completion_logits, pack, sample
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
-from methods.quark.pool import Pool, Sample, assign_quantiles
+from methods.quark.pool import PROBE_ROUND, Pool, Sample, assign_quantiles
 from methods.unlikelihood.losses import ngram_candidates, sequence_unlikelihood, token_unlikelihood
 
 META_FILE = "quark.json"
 RUN_FILE = "run.json"  # what the run directory's pool and checkpoints belong to
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints")  # may change between a crash and the restart
+PROBE_ROUND_KEY = 999_999  # seeds the probe set's draws, apart from every round's
 
 
 @dataclass
@@ -110,6 +112,21 @@ class QuarkConfig:
                                       "completion; 'token': every earlier token of the sequence (Welleck et al.)"},
     )  # fmt: skip
     unlikelihood_ngram_n: int = field(default=4, metadata={"help": "n of the sequence-level repeated n-grams"})
+    reward_token_lr_scale: float = field(
+        default=1.0, metadata={"help": "the reward tokens' embedding rows take this many times AdamW's step (1: the "
+                               "reference code); for short runs, in which the new rows barely leave their random start"},
+    )  # fmt: skip
+    token_position: str = field(
+        default="start", metadata={"help": "where the reward token goes: 'start', before the prompt (the reference "
+                                   "code), or 'end', between the prompt and the completion"},
+    )  # fmt: skip
+    probe_prompts: int = field(
+        default=0, metadata={"help": "training prompts held out of exploration and training for the controllability "
+                             "probe (methods/common/probe.py), logged every round; 0: no probe"},
+    )  # fmt: skip
+    probe_samples_per_prompt: int = field(
+        default=4, metadata={"help": "samples of the reference model per probe prompt, scored once"}
+    )
     lora: dict | None = field(
         default=None,
         metadata={"help": "LoRA through PEFT, {r, alpha, dropout, target_modules} (defaults 16, 32, 0.0, PEFT's for "
@@ -182,6 +199,11 @@ def add_lora(model: PreTrainedModel, lora: dict, trainable_token_ids: list[int])
     return get_peft_model(model, config)
 
 
+def place_token(prompt_ids: list[int], token_id: int, position: str) -> list[int]:
+    """The conditioned prefix: the reward token before the prompt ('start') or right after it ('end')."""
+    return [token_id, *prompt_ids] if position == "start" else [*prompt_ids, token_id]
+
+
 def derived_seed(seed: int, *keys: int) -> int:
     """An independent seed per (seed, round, batch, ...): a resumed job draws exactly what it would have drawn."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
@@ -202,6 +224,12 @@ class Trainer:
         self.device = self.acc.device if self.world > 1 else torch.device(device)
         self.quiet = {} if self.main else {"disable": True}  # progress bars from the main process only
         self.prompts = task.train_prompts
+        if cfg.probe_prompts >= len(self.prompts):
+            raise SuiteError(f"probe_prompts {cfg.probe_prompts} leaves none of the {len(self.prompts)} training "
+                             "prompts to explore")  # fmt: skip
+        held_out = np.random.default_rng([seed, PROBE_ROUND_KEY]).permutation(len(self.prompts))[: cfg.probe_prompts]
+        self.probe_idx = sorted(int(i) for i in held_out)  # prompts of the probe set, never explored
+        self.explore_idx = [i for i in range(len(self.prompts)) if i not in set(self.probe_idx)]
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", "quark", cfg.keep_checkpoints)
         self.pool: Pool | None = None  # the main process's; the others receive its samples
         resume = self.open_run() if self.main else None
@@ -228,6 +256,7 @@ class Trainer:
                       "train_seconds": 0.0, "processes": self.world, "resumed_from": [], "rounds": []}  # fmt: skip
         self.round, self.step = 0, 0  # the next round, and the steps of it already taken
         self.history: list[dict] = []  # this round's step statistics
+        self.probe_samples: list[Sample] = []  # the main process's probe set
         self.explored: dict = {}  # this round's exploration summary
         if resume is not None:
             self.restore(Path(resume))
@@ -317,6 +346,34 @@ class Trainer:
         self.stats["resumed_from"].append(path.name)
         self.stats["processes"] = self.world
 
+    # ---- the reward token, and the probe of what it has learned ----
+
+    def condition(self, prompt_ids: list[int], k: int) -> list[int]:
+        return place_token(prompt_ids, self.reward_ids[k], self.cfg.token_position)
+
+    def probe_set(self) -> list[Sample]:
+        """Main process: the probe's scored samples of p0 on the held-out prompts, drawn once and kept in the pool
+        under round PROBE_ROUND (never trained on), so that a resumed run probes the same samples."""
+        cfg = self.cfg
+        chosen = [i for i in self.probe_idx for _ in range(cfg.probe_samples_per_prompt)]
+        batches = [list(range(s, min(s + cfg.sample_batch_size, len(chosen))))
+                   for s in range(0, len(chosen), cfg.sample_batch_size)]  # fmt: skip
+        done = self.pool.explored_slots(PROBE_ROUND)
+        with self.reference() as model:
+            for b, slots in enumerate(tqdm(batches, desc="probe set", leave=False)):
+                if not set(slots) <= done:
+                    self.pool.add(self.sample_batch(model, PROBE_ROUND, b, slots, chosen))
+        return self.pool.samples(PROBE_ROUND)
+
+    def probe(self) -> dict[str, float]:
+        """Main process: the controllability probe of the policy as it is now ({} without a probe set)."""
+        if not self.probe_samples:
+            return {}
+        model = self.acc.unwrap_model(self.policy)
+        with self.autocast():
+            return controllability(model, self.probe_samples, self.condition, 0, self.cfg.num_quantiles - 1,
+                                   self.tokenizer.pad_token_id, self.vocab_size)  # fmt: skip
+
     # ---- one round ----
 
     def autocast(self):
@@ -355,14 +412,13 @@ class Trainer:
         self, model: PreTrainedModel, rnd: int, batch: int, slots: list[int], chosen: list[int]
     ) -> list[Sample]:
         """Sample and score one exploration batch, from its own seed: the same draw whenever and wherever it runs."""
-        prefix = [] if rnd == 0 else [self.reward_ids[0]]
-        suppress = None if rnd == 0 and self.ref is not None else self.reward_ids  # the frozen p0 has no such rows
+        suppress = None if rnd <= 0 and self.ref is not None else self.reward_ids  # the frozen p0 has no such rows
         sampling = replace(self.task.sampling, top_p=self.cfg.explore_top_p, batch_size=len(slots), do_sample=True)
         prompts = [chosen[i] for i in slots]
-        torch.manual_seed(derived_seed(self.seed, rnd, 0, batch))
+        prefixes = [self.prompt_ids[p] if rnd <= 0 else self.condition(self.prompt_ids[p], 0) for p in prompts]
+        torch.manual_seed(derived_seed(self.seed, *((rnd, 0) if rnd >= 0 else (PROBE_ROUND_KEY,)), batch))
         with self.autocast():
-            completions = sample(model, self.tokenizer, [prefix + self.prompt_ids[p] for p in prompts], sampling,
-                                 suppress, desc=f"batch {batch}")  # fmt: skip
+            completions = sample(model, self.tokenizer, prefixes, sampling, suppress, desc=f"batch {batch}")
         texts, rewards = score_completions(self.task.reward, self.tokenizer, [self.prompts[p].text for p in prompts],
                                            completions, desc=f"round {rnd}: scoring")  # fmt: skip
         return [Sample(self.prompts[p].id, self.prompt_ids[p], c, self.prompts[p].text, t, r, rnd, i)
@@ -371,9 +427,10 @@ class Trainer:
     def explore(self, rnd: int) -> list[float]:
         """Sample and score this round's batches not yet in the pool; returns the round's scored rewards (main)."""
         cfg = self.cfg
-        n = len(self.prompts) if cfg.prompts_per_round is None else min(cfg.prompts_per_round, len(self.prompts))
-        chosen = np.random.default_rng([self.seed, rnd, 0]).choice(len(self.prompts), size=n, replace=False)
-        chosen = [int(i) for i in chosen for _ in range(cfg.samples_per_prompt)]
+        m = len(self.explore_idx)
+        n = m if cfg.prompts_per_round is None else min(cfg.prompts_per_round, m)
+        chosen = np.random.default_rng([self.seed, rnd, 0]).choice(m, size=n, replace=False)
+        chosen = [self.explore_idx[i] for i in chosen for _ in range(cfg.samples_per_prompt)]
         batches = [list(range(s, min(s + cfg.sample_batch_size, len(chosen))))
                    for s in range(0, len(chosen), cfg.sample_batch_size)]  # fmt: skip
         if self.main and cfg.clear_pool_each_round:
@@ -407,7 +464,7 @@ class Trainer:
         if not pool:
             raise SuiteError(f"round {rnd}: the pool is empty (the reward returned None for every sample)")
         rewards = np.array([s.reward for s in pool])
-        quantiles = assign_quantiles(rewards, cfg.num_quantiles)
+        quantiles = assign_quantiles(rewards, cfg.num_quantiles, [self.seed, rnd, 2])
         cuts = [
             float(rewards[quantiles == k].min()) if (quantiles == k).any() else None for k in range(cfg.num_quantiles)
         ]
@@ -426,7 +483,7 @@ class Trainer:
             idx = batch[self.rank :: self.world]  # this process's share of the global batch
             prompts = [pool[i].prompt_ids for i in idx]
             completions = [pool[i].completion_ids for i in idx]
-            conditioned = pack([[self.reward_ids[quantiles[i]]] + p for i, p in zip(idx, prompts)], completions,
+            conditioned = pack([self.condition(p, quantiles[i]) for i, p in zip(idx, prompts)], completions,
                                self.tokenizer.pad_token_id)  # fmt: skip
             plain = pack(prompts, completions, self.tokenizer.pad_token_id)
             with self.autocast():
@@ -445,7 +502,8 @@ class Trainer:
             self.acc.backward(loss)
             if cfg.clip_grad:
                 self.acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
+            with self.reward_rows_scaled():
+                self.optimizer.step()
             self.scheduler.step()
             self.kl_ctl.update(stats["kl_per_sequence"], cfg.batch_size)
             self.history.append(stats)
@@ -461,6 +519,20 @@ class Trainer:
         )
         summary["sequences_per_second"] = sequences / max(seconds, 1e-9)
         return summary, cuts
+
+    @contextlib.contextmanager
+    def reward_rows_scaled(self):
+        """Around an optimizer step: the reward tokens' embedding rows move `reward_token_lr_scale` times as far as
+        AdamW moved them. AdamW's step is invariant to the gradient's scale, so only a larger step does this."""
+        scale = self.cfg.reward_token_lr_scale
+        if scale == 1.0:
+            yield
+            return
+        rows = self.acc.unwrap_model(self.policy).get_input_embeddings().weight
+        before = rows[self.reward_ids].detach().clone()
+        yield
+        with torch.no_grad():
+            rows[self.reward_ids] = before + scale * (rows[self.reward_ids] - before)
 
     def unlikelihood(self, conditioned: Packed) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The unlikelihood term for this batch (Quark + UL), None for plain Quark.
@@ -486,6 +558,10 @@ class Trainer:
         return out
 
     def run(self) -> Path:
+        probing = self.main and self.cfg.probe_prompts > 0 and not self.zero3  # ZeRO-3 shards the weights: no probe
+        self.probe_samples = self.probe_set() if probing else []
+        if self.probe_samples and self.round == 0 and self.step == 0:
+            self.stats["probe_initial"] = self.probe()
         for rnd in tqdm(range(self.round, self.cfg.num_rounds), desc="quark rounds", **self.quiet):
             if self.step == 0:
                 started = time.perf_counter()
@@ -500,7 +576,9 @@ class Trainer:
             self.round, self.step = rnd + 1, 0
             if self.main:
                 record = {"round": rnd, **self.explored, "pool_size": len(self.pool), "kl_coef": self.kl_ctl.value,
-                          "dropped_unscored": self.stats["dropped_unscored"], **summary, "process_ends": ends}  # fmt: skip
+                          "dropped_unscored": self.stats["dropped_unscored"], **summary, **self.probe(),
+                          "process_ends": ends}  # fmt: skip
+                self.stats.update({k: v for k, v in record.items() if k.startswith("probe_")})  # the latest
                 self.stats["rounds"].append(record)
                 for key, value in record.items():
                     if isinstance(value, float):
@@ -550,9 +628,12 @@ class Trainer:
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     set_seed(seed)
     cfg = from_dict_for_task(QuarkConfig, hparams, task.name, "methods/quark/method.yaml")
-    if cfg.unlikelihood_level not in ("sequence", "token"):
-        raise SuiteError(f"methods/quark/method.yaml: unlikelihood_level must be 'sequence' or 'token', "
-                         f"not {cfg.unlikelihood_level!r}")  # fmt: skip
+    if cfg.reward_token_lr_scale != 1.0 and cfg.lora is not None:
+        raise SuiteError("methods/quark/method.yaml: reward_token_lr_scale works on full fine-tuning, not under lora")
+    for key, allowed in (("unlikelihood_level", ("sequence", "token")), ("token_position", ("start", "end"))):
+        if getattr(cfg, key) not in allowed:
+            raise SuiteError(f"methods/quark/method.yaml: {key} must be {' or '.join(map(repr, allowed))}, "
+                             f"not {getattr(cfg, key)!r}")  # fmt: skip
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()
 
 
@@ -574,6 +655,6 @@ def generate(
     k = {"best": meta["best_quantile"], "worst": len(ids) - 1}.get(quantile, quantile)
     if not isinstance(k, int) or not 0 <= k < len(ids):
         raise SuiteError(f"quantile must be 'best', 'worst' or 0..{len(ids) - 1}, got {quantile!r}")
-    generate_jsonl(
-        model, tokenizer, prompts, num_samples, sampling, out_path, seed, prefix_ids=[ids[k]], suppress_ids=ids
-    )
+    at_end = meta["config"].get("token_position", "start") == "end"
+    generate_jsonl(model, tokenizer, prompts, num_samples, sampling, out_path, seed, suppress_ids=ids,
+                   **{"suffix_ids" if at_end else "prefix_ids": [ids[k]]})  # fmt: skip

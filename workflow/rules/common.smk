@@ -114,6 +114,36 @@ if config["base_model"].startswith("path:") and not Path(config["base_model"][5:
     fail(f"{CONFIG_FILES}: base_model: model directory not found (no config.json): {config['base_model'][5:]}")
 
 
+def train_sampling(task):
+    """`train_sampling` (how training jobs sample completions) with the task's own overrides on top."""
+    settings = {k: v for k, v in config["train_sampling"].items() if k != "tasks"}
+    return {**settings, **(config["train_sampling"].get("tasks", {}).get(task) or {})}
+
+
+EVAL_DATA_KEYS = ("eval_prompts", "eval_min_prompt_toxicity", "eval_max_prompt_toxicity")
+
+
+def train_data_settings(task):
+    """What a task's training prompts and corpus depend on: its `data` settings less the evaluation ones. Two facts
+    about the evaluation prompts stay, because they decide what training must not see: whether they come from the
+    training file itself (WikiText: its last articles are held out) and, for sentiment, whether the prompts typed for
+    evaluation are drawn from the training file (then the whole candidate draw is left out of training)."""
+    from evaluation.tasks import same_file
+
+    d = config["data"][task]
+    settings = {k: v for k, v in d.items() if k not in EVAL_DATA_KEYS}
+    settings["eval_from_train_file"] = same_file(d["train_prompts"], d["eval_prompts"])
+    if KNOWN_TASKS[task].prompts == "sentiment":
+        typing = config.get("sentiment_prompts", {})
+        candidates = typing.get("candidates", "data/rtp/dev.jsonl")
+        settings["excluded_candidates"] = (
+            {"file": candidates, "max_candidates": typing.get("max_candidates", 400), "seed": typing.get("seed", 0)}
+            if same_file(d["train_prompts"], candidates)
+            else None
+        )
+    return settings
+
+
 def eval_settings(task):
     """The `eval` section with the task's own overrides (`eval.tasks.<task>`) on top."""
     settings = {k: v for k, v in config["eval"].items() if k != "tasks"}

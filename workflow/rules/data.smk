@@ -1,12 +1,17 @@
-# Base model once as a transformers directory; each task's train and eval prompts and its labelled corpus.
+# Base model once as a transformers directory; each task's train prompts, eval prompts and labelled corpus.
+# Training inputs read only training settings (train_data_settings), so that evaluating on other prompts or with
+# other settings reruns generation and evaluation and never a training job.
 
 
-def prompt_sources(task):
-    """The files a task's prompts come from; sentiment eval prompts are typed by the base model first."""
+def eval_sources(task):
+    """The files a task's eval prompts come from; sentiment eval prompts are typed by the base model first."""
     d = config["data"][task]
     if KNOWN_TASKS[task].prompts == "sentiment":
-        return {"train": d["train_prompts"], "eval": f"{R}/data/sentiment_types.jsonl"}
-    return {"train": d["train_prompts"], "eval": d["eval_prompts"]}
+        return {"eval": f"{R}/data/sentiment_types.jsonl"}
+    sources = {"eval": d["eval_prompts"]}
+    if KNOWN_TASKS[task].prompts == "wikitext":
+        sources["train"] = d["train_prompts"]  # one file for both is split by article
+    return sources
 
 
 rule base_model:
@@ -46,11 +51,23 @@ rule type_sentiment_prompts:
         "../scripts/type_sentiment_prompts.py"
 
 
-rule prepare_prompts:
+rule prepare_train_prompts:
     input:
-        unpack(lambda w: prompt_sources(w.task)),
+        train=lambda w: config["data"][w.task]["train_prompts"],
     output:
         train=f"{R}/data/{{task}}/train.jsonl",
+    params:
+        settings=lambda w: train_data_settings(w.task),
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/prepare_prompts.py"
+
+
+rule prepare_eval_prompts:
+    input:
+        unpack(lambda w: eval_sources(w.task)),
+    output:
         eval=f"{R}/data/{{task}}/eval.jsonl",
     params:
         settings=lambda w: config["data"][w.task],
@@ -67,7 +84,7 @@ rule prepare_corpus:
     output:
         f"{R}/data/{{task}}/corpus.jsonl",
     params:
-        settings=lambda w: config["data"][w.task],
+        settings=lambda w: train_data_settings(w.task),
         scorer=lambda w: scorer_spec(w.task),
     resources:
         mem_mb=2000,

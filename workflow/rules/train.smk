@@ -13,7 +13,7 @@ rule train:
     params:
         hparams=lambda w: hparams(w.method, w.task),
         reward=lambda w: config["reward"][w.task],
-        eval=lambda w: eval_settings(w.task),
+        sampling=lambda w: train_sampling(w.task),
         device=config["device"],
     threads: heavy_threads()
     resources:

@@ -17,7 +17,7 @@ def run(sm):
                                        wanted=wanted_sentiment(task))  # fmt: skip
     else:
         texts = task_spec(task).corpus(sm.input[0], eval_fraction=s.get("eval_fraction", 0.25),
-                                       eval_path=s["eval_prompts"])  # fmt: skip
+                                       holds_out=s["eval_from_train_file"])  # fmt: skip
     write_corpus(sm.output[0], texts)
     labelled = [t.score for t in texts if t.score is not None]
     print(f"{task}: {len(texts)} corpus texts, {len(labelled)} labelled")

@@ -1,50 +1,54 @@
+"""A task's training prompts (rule prepare_train_prompts) or its evaluation prompts (rule prepare_eval_prompts).
+
+Each job reads only what its side needs, so a change to the evaluation settings never rewrites train.jsonl.
+"""
+
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
-from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits  # noqa: E402
 from evaluation.sentiment import PROMPT_TYPES  # noqa: E402
+from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits, wikitext_train_articles  # noqa: E402
 from methods.common.data import read_prompts, select_prompts, write_prompts  # noqa: E402
 
 
-def wikitext(sm, s):
-    """Prefixes of the train file's articles and of the eval file's; one file for both is split by article."""
-    train_articles, eval_articles = wikitext_splits(sm.input.train, sm.input.eval, s.get("eval_fraction", 0.25))
-    words = s.get("prefix_words", 32), s.get("min_continuation_words", 32)
-    train = wikitext_prefixes(train_articles, *words, sm.input.train)
-    evals = wikitext_prefixes(eval_articles, *words, sm.input.eval)
-    return (select_prompts(train, s.get("train_max_prompts"), s.get("seed", 0), source=sm.input.train),
-            select_prompts(evals, sm.params.max_eval_prompts, s.get("seed", 0), source=sm.input.eval))  # fmt: skip
+def train_prompts(sm, s, kind):
+    path = sm.input.train
+    if kind == "wikitext":
+        articles = wikitext_train_articles(path, s["eval_from_train_file"], s.get("eval_fraction", 0.25))
+        prompts = wikitext_prefixes(articles, s.get("prefix_words", 32), s.get("min_continuation_words", 32), path)
+    else:
+        prompts = read_prompts(path)
+    excluded = s.get("excluded_candidates")  # sentiment prompts typed for evaluation come from this file
+    if excluded:
+        drawn = select_prompts(read_prompts(excluded["file"]), excluded["max_candidates"], excluded["seed"])
+        typed = {p.id for p in drawn}
+        prompts = [p for p in prompts if p.id not in typed]
+    return select_prompts(prompts, s.get("train_max_prompts"), s.get("seed", 0), s.get("train_min_prompt_toxicity"),
+                          s.get("train_max_prompt_toxicity"), path)  # fmt: skip
 
 
-def sentiment(sm, s):
-    """Train on any OpenWebText prompt; evaluate on `max_prompts` typed prompts of each type the task reports."""
-    train = select_prompts(read_prompts(sm.input.train), s.get("train_max_prompts"), s.get("seed", 0),
-                           source=sm.input.train)  # fmt: skip
-    typed = read_prompts(sm.input.eval)
-    evals = []
-    for t in PROMPT_TYPES[sm.wildcards.task]:
-        of_type = [p for p in typed if p.meta.get("sentiment_type") == t]
-        evals += select_prompts(of_type, sm.params.max_eval_prompts, s.get("seed", 0), source=f"{sm.input.eval} ({t})")
-    eval_ids = {p.id for p in evals}
-    return [p for p in train if p.id not in eval_ids], evals
-
-
-def rtp(sm, s):
-    train = select_prompts(read_prompts(sm.input.train), s.get("train_max_prompts"), s.get("seed", 0),
-                           s.get("train_min_prompt_toxicity"), s.get("train_max_prompt_toxicity"), sm.input.train)  # fmt: skip
-    evals = select_prompts(read_prompts(sm.input.eval), sm.params.max_eval_prompts, s.get("seed", 0),
-                           s.get("eval_min_prompt_toxicity"), s.get("eval_max_prompt_toxicity"), sm.input.eval)  # fmt: skip
-    return train, evals
+def eval_prompts(sm, s, kind):
+    seed, limit = s.get("seed", 0), sm.params.max_eval_prompts
+    if kind == "wikitext":
+        _, articles = wikitext_splits(sm.input.train, sm.input.eval, s.get("eval_fraction", 0.25))
+        words = s.get("prefix_words", 32), s.get("min_continuation_words", 32)
+        return select_prompts(wikitext_prefixes(articles, *words, sm.input.eval), limit, seed, source=sm.input.eval)
+    if kind == "sentiment":  # `limit` typed prompts of each type the task reports
+        typed = read_prompts(sm.input.eval)
+        return [p for t in PROMPT_TYPES[sm.wildcards.task] for p in select_prompts(
+            [p for p in typed if p.meta.get("sentiment_type") == t], limit, seed, source=f"{sm.input.eval} ({t})")]  # fmt: skip
+    return select_prompts(read_prompts(sm.input.eval), limit, seed, s.get("eval_min_prompt_toxicity"),
+                          s.get("eval_max_prompt_toxicity"), sm.input.eval)  # fmt: skip
 
 
 def run(sm):
     kind = task_spec(sm.wildcards.task).prompts
-    train, evals = {"wikitext": wikitext, "sentiment": sentiment, "rtp": rtp}[kind](sm, sm.params.settings)
-    write_prompts(train, sm.output.train)
-    write_prompts(evals, sm.output.eval)
-    print(f"{sm.wildcards.task}: {len(train)} train prompts, {len(evals)} eval prompts")
+    side = "train" if sm.rule == "prepare_train_prompts" else "eval"
+    prompts = (train_prompts if side == "train" else eval_prompts)(sm, sm.params.settings, kind)
+    write_prompts(prompts, sm.output[side])
+    print(f"{sm.wildcards.task}: {len(prompts)} {side} prompts")
 
 
 main(run, snakemake)  # noqa: F821

@@ -18,7 +18,7 @@ def run(sm):
     out_dir = Path(sm.output[0]).parent
     job = {"method": sm.wildcards.method, "task": sm.wildcards.task, "prompts": sm.input.prompts,
            "corpus": sm.input.corpus, "base": sm.input.base, "reward": dict(sm.params.reward),
-           "eval": dict(sm.params.eval), "hparams": dict(sm.params.hparams), "seed": int(sm.wildcards.seed),
+           "sampling": dict(sm.params.sampling), "hparams": dict(sm.params.hparams), "seed": int(sm.wildcards.seed),
            "device": sm.params.device, "out_dir": str(out_dir)}  # fmt: skip
     launcher = os.environ.get("SUITE_LAUNCHER")  # e.g. "accelerate launch --config_file workflow/accelerate/ddp.yaml"
     if launcher and sm.wildcards.method in LAUNCHABLE:

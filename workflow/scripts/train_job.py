@@ -21,14 +21,15 @@ def run_job(job: dict) -> Path:
     """Build the task (prompts, corpus, reward, exploration sampling) and call the method's train()."""
     from methods.common.rewards import get_reward
     from methods.common.data import read_prompts
-    from methods.common.sampling import eval_sampling
+    from methods.common.sampling import train_sampling
     from methods.common.task import Task, read_corpus
 
     method = importlib.import_module(f"methods.{job['method']}")
     spec = dict(job["reward"])
     reward = get_reward(spec.pop("name"), **spec)
-    sampling, _ = eval_sampling(job["eval"])
-    task = Task(job["task"], read_prompts(job["prompts"]), reward, sampling, read_corpus(job["corpus"]))
+    task = Task(
+        job["task"], read_prompts(job["prompts"]), reward, train_sampling(job["sampling"]), read_corpus(job["corpus"])
+    )
     return method.train(task, Path(job["base"]), Path(job["out_dir"]), dict(job["hparams"]), seed=int(job["seed"]),
                         device=job["device"])  # fmt: skip
 

@@ -1,0 +1,108 @@
+"""The controllability probe: its AUC and log-probabilities against brute force, and a dial that a trained Quark
+model shows on held-out prompts."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from methods.common.data import Prompt
+from methods.common.errors import SuiteError
+from methods.common.models import encode_prompts, load_model
+from methods.common.probe import concordance, sequence_logprobs
+from methods.common.rewards import get_reward
+from methods.common.sampling import Sampling, sample
+from methods.common.task import Task
+from methods.quark import quark
+from methods.quark.pool import PROBE_ROUND, Pool
+from tests.conftest import CORPUS
+
+
+def test_concordance_counts_pairs_as_brute_force_does():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, 30).astype(float)  # ties in the scores count half
+    rewards = rng.integers(0, 3, 30).astype(float)  # tied rewards make no pair
+    groups = rng.integers(0, 5, 30)
+
+    def brute(same_group_only):
+        agree = total = 0.0
+        for i, j in itertools.permutations(range(30), 2):
+            if rewards[i] > rewards[j] and (not same_group_only or groups[i] == groups[j]):
+                total += 1
+                agree += 1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0
+        return agree / total
+
+    assert concordance(scores, rewards) == pytest.approx(brute(False))
+    assert concordance(scores, rewards, groups) == pytest.approx(brute(True))
+    assert concordance(rewards, rewards) == 1.0 and concordance(-rewards, rewards) == 0.0
+    assert math.isnan(concordance([1.0, 2.0], [0.5, 0.5]))
+
+
+def test_sequence_logprobs_match_one_forward_per_sample(tiny):
+    _, tokenizer, model = tiny
+    vocab = model.config.vocab_size - 3  # the softmax over the first V0 ids only, as the methods train
+    prefixes, completions = [[5, 6, 7], [8, 9]], [[10, 11, 12], [13]]
+    got = sequence_logprobs(model, prefixes, completions, tokenizer.pad_token_id, vocab, batch_size=2)
+    for p, c, value in zip(prefixes, completions, got):
+        with torch.no_grad():
+            logprobs = F.log_softmax(model(torch.tensor([p + c])).logits[0, :, :vocab], -1)
+        assert value == pytest.approx(sum(logprobs[len(p) - 1 + t, tok].item() for t, tok in enumerate(c)), abs=1e-4)
+
+
+def test_a_trained_quark_model_shows_its_dial_on_held_out_prompts(tiny, tmp_path):
+    path, _, _ = tiny
+    wanted = list(range(40, 70))  # the reward depends on the completion only: the share of these tokens in it
+    reward = get_reward("token_set", token_ids=wanted)
+    prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
+    task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=2))  # short: the tiny model learns it fast
+    hparams = dict(num_rounds=6, steps_per_round=40, samples_per_prompt=8, batch_size=32, lr=1e-2, warmup_steps=5,
+                   sample_batch_size=600, probe_prompts=6, probe_samples_per_prompt=100)  # fmt: skip
+    model_dir = quark.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
+    stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
+    pool = Pool(tmp_path / "run" / "pool.sqlite")
+    probe_set = pool.samples(PROBE_ROUND)
+    assert len(probe_set) == 6 * 100
+    assert {s.prompt_id for s in probe_set}.isdisjoint({s.prompt_id for s in pool.samples()})  # never trained on
+    # chance: the same rewards against shuffled scores; the trained dial must clear it by four of its spreads
+    rng = np.random.default_rng(0)
+    rewards, groups = [s.reward for s in probe_set], [s.prompt_id for s in probe_set]
+    null = np.array([[concordance(x, rewards), concordance(x, rewards, groups)]
+                     for x in (rng.permutation(len(rewards)) for _ in range(300))])  # fmt: skip
+    margin = 0.5 + 4 * null.std(axis=0)
+    assert stats["probe_initial"]["probe_auc"] < margin[0]  # untrained reward tokens: no dial yet
+    assert stats["probe_auc"] > margin[0] and stats["probe_auc_within"] > margin[1], (stats, margin)
+    assert stats["probe_auc"] == stats["rounds"][-1]["probe_auc"]  # the table's value is the last round's
+
+    # the dial steers sampling too: the best token's samples beat the worst token's on the held-out prompts
+    model, tok = load_model(model_dir)
+    meta = json.loads((model_dir / quark.META_FILE).read_text())
+    held_out = encode_prompts(tok, sorted({s.prompt for s in probe_set}), 32)
+    scores = {}
+    for k in (0, len(meta["reward_token_ids"]) - 1):
+        prefixes = [[meta["reward_token_ids"][k], *p] for p in held_out for _ in range(40)]
+        completions = sample(model, tok, prefixes, Sampling(max_new_tokens=2), meta["reward_token_ids"])
+        scores[k] = np.array(reward([], [], completion_ids=completions))
+    best, worst = scores[0], scores[len(meta["reward_token_ids"]) - 1]
+    stderr = np.sqrt(best.var(ddof=1) / len(best) + worst.var(ddof=1) / len(worst))
+    assert best.mean() - worst.mean() > 5 * stderr, (best.mean(), worst.mean(), stderr)
+
+
+def test_the_reward_token_goes_before_the_prompt_or_right_after_it(tiny, tmp_path, monkeypatch):
+    assert quark.place_token([5, 6, 7], 99, "start") == [99, 5, 6, 7]
+    assert quark.place_token([5, 6, 7], 99, "end") == [5, 6, 7, 99]
+    path, _, _ = tiny
+    prompts = [Prompt(f"p{i}", t, {}) for i, t in enumerate(CORPUS[:4])]
+    task = Task("synthetic", prompts, get_reward("token_set", token_ids=[40]), Sampling(max_new_tokens=2))
+    hparams = dict(num_rounds=1, steps_per_round=1, batch_size=2, token_position="end")
+    model_dir = quark.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
+    seen = {}
+    monkeypatch.setattr(quark, "generate_jsonl", lambda *args, **kwargs: seen.update(kwargs))
+    quark.generate(model_dir, prompts, 1, Sampling(), tmp_path / "out.jsonl", seed=0, device="cpu")
+    ids = json.loads((model_dir / quark.META_FILE).read_text())["reward_token_ids"]
+    assert seen["suffix_ids"] == [ids[0]] and "prefix_ids" not in seen
+    with pytest.raises(SuiteError, match="token_position must be 'start' or 'end', not 'middle'"):
+        quark.train(task, path, tmp_path / "bad", {**hparams, "token_position": "middle"}, seed=0, device="cpu")
