@@ -655,6 +655,6 @@ def generate(
     k = {"best": meta["best_quantile"], "worst": len(ids) - 1}.get(quantile, quantile)
     if not isinstance(k, int) or not 0 <= k < len(ids):
         raise SuiteError(f"quantile must be 'best', 'worst' or 0..{len(ids) - 1}, got {quantile!r}")
-    at_end = meta["config"].get("token_position", "start") == "end"
+    at_end = meta.get("config", {}).get("token_position", "start") == "end"  # models from before the option: start
     generate_jsonl(model, tokenizer, prompts, num_samples, sampling, out_path, seed, suppress_ids=ids,
                    **{"suffix_ids" if at_end else "prefix_ids": [ids[k]]})  # fmt: skip
