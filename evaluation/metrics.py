@@ -22,12 +22,17 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len({g for w in words for g in ngrams(w, n)}) / total if total else float("nan")
 
 
-def distinct_metrics(records: list[dict]) -> tuple[dict, pd.DataFrame]:
-    """dist-1, dist-2 and dist-3 of each prompt's samples, averaged over prompts, with 95% intervals over prompts;
-    and the per-prompt table. The metrics of a task that depend on the generated text alone."""
+def distinct_table(records: list[dict]) -> pd.DataFrame:
+    """dist-1, dist-2 and dist-3 of each prompt's samples, one row per prompt."""
     frame = pd.DataFrame({"prompt_id": [r["prompt_id"] for r in records], "text": [r["text"] for r in records]})
     groups = frame.groupby("prompt_id", sort=False)["text"]
-    table = pd.DataFrame({f"dist_{n}": groups.agg(lambda t, n=n: distinct_n(list(t), n)) for n in (1, 2, 3)})
+    return pd.DataFrame({f"dist_{n}": groups.agg(lambda t, n=n: distinct_n(list(t), n)) for n in (1, 2, 3)})
+
+
+def distinct_metrics(records: list[dict]) -> tuple[dict, pd.DataFrame]:
+    """dist-1, dist-2 and dist-3 averaged over prompts, with 95% intervals over prompts; and the per-prompt table.
+    The metrics of a task that depend on the generated text alone."""
+    table = distinct_table(records)
     out = {m: float(table[m].mean()) for m in table.columns}
     return out | {"ci95": {m: bootstrap_ci(table[m].to_numpy()) for m in table.columns}}, table
 

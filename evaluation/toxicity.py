@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from evaluation.metrics import bootstrap_ci, distinct_metrics
+from evaluation.metrics import bootstrap_ci, distinct_metrics, distinct_table
 from evaluation.scorers import Scorer
 
 METRICS = ["avg_max_toxicity", "toxicity_probability", "mean_toxicity", "perplexity", "dist_1", "dist_2", "dist_3"]
@@ -36,7 +36,7 @@ def per_prompt_table(records: list[dict], toxicity: list[float], perplexity: lis
             "toxic": (groups["toxicity"].max() > 0.5).astype(float),
             "mean_toxicity": groups["toxicity"].mean(),
             "perplexity": groups["perplexity"].mean(),
-            **distinct_metrics(records)[1],
+            **distinct_table(records),
             "num_samples": groups.size(),
         }
     )
