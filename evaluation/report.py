@@ -54,17 +54,20 @@ def aggregate_metrics(per_seed: list[dict]) -> dict:
 
 
 TRAIN_STATS = {
+    "scored_samples": np.mean,
     "dropped_unscored": np.sum,
     "heldout_perplexity": np.mean,
     "base_heldout_perplexity": np.mean,
     "probe_auc": np.mean,
     "probe_auc_within": np.mean,
+    "r_auc": np.mean,
+    "r_auc_token": np.mean,
 }
 
 
 def _train_stats(train_benchmarks: list) -> dict:
-    """Samples the reward never scored (summed over seeds), held-out corpus perplexity and the controllability
-    probe's AUCs (means), from the `train_stats.json` a training job leaves beside its benchmark file; a method
+    """Samples the reward never scored (summed over seeds), held-out corpus perplexity, the controllability
+    probe's AUCs and NADO's R's AUCs (means), from the `train_stats.json` a training job leaves beside its benchmark file; a method
     that reports none of them gets {}."""
     stats = [
         json.loads(p.read_text()) for b in train_benchmarks if (p := Path(b).with_name("train_stats.json")).is_file()
@@ -132,6 +135,10 @@ def make_table(
             d["Probe AUC ↑ (all / within prompt)"] = (
                 f"{trained['probe_auc']:.3f} / {trained['probe_auc_within']:.3f}" if "probe_auc" in trained else "–"
             )
+        if any("r_auc" in r.get("train_stats", {}) for _, r in rows):  # NADO's and ACF's auxiliary model
+            d["R AUC ↑ (seq / token)"] = (
+                f"{trained['r_auc']:.3f} / {trained['r_auc_token']:.3f}" if "r_auc" in trained else "–"
+            )
         if any("dropped_unscored" in r.get("train_stats", {}) for _, r in rows):
             d["Unscored"] = f"{trained['dropped_unscored']:.0f}" if "dropped_unscored" in trained else "–"
         cost = m["cost"]
@@ -193,3 +200,47 @@ def make_plot(
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
+
+
+def write_budget_curve(task: str, rows: list[tuple[str, int, dict]], out_dir: str | Path, profile: str) -> pd.DataFrame:
+    """budget_curve.{md,csv,png}: each (method, budget multiple, aggregated metrics) row's plotted metrics against the
+    scored samples its training drew and against its training minutes, one line per method."""
+    evaluator = importlib.import_module(task_spec(task).evaluator)
+    metrics, labels = evaluator.plotted(task), evaluator.LABELS
+    records = []
+    for method, budget, m in rows:
+        record = {"method": method, "budget": budget, "scored_samples": m.get("train_stats", {}).get("scored_samples"),
+                  "train_minutes": m["cost"]["train_seconds"] / 60}  # fmt: skip
+        for k in metrics:
+            low, high = m["ci95"].get(k) or (None, None)
+            record |= {k: m.get(k), f"{k}_ci_low": low, f"{k}_ci_high": high}
+        records.append(record)
+    frame = pd.DataFrame(records)
+    out_dir = Path(out_dir)
+    with atomic_output(out_dir / "budget_curve.csv") as path:
+        frame.to_csv(path, index=False)
+    shown = frame[["method", "budget", "scored_samples", "train_minutes"]].copy()
+    for k in metrics:
+        shown[labels.get(k, k)] = [_cell(r[k], None if r[f"{k}_ci_low"] is None else [r[f"{k}_ci_low"], r[f"{k}_ci_high"]],
+                                         0.0, 1) for r in records]  # fmt: skip
+    with atomic_output(out_dir / "budget_curve.md") as path:
+        Path(path).write_text(shown.to_markdown(index=False, floatfmt=".1f") + "\n")
+    fig, axes = plt.subplots(2, len(metrics), figsize=(3.6 * len(metrics), 6.4), squeeze=False)
+    for row, x in enumerate(["scored_samples", "train_minutes"]):
+        for ax, k in zip(axes[row], metrics):
+            for method, group in frame.groupby("method", sort=False):
+                group = group.sort_values("budget")
+                y = group[k].astype(float).to_numpy()
+                low, high = (np.where(np.isnan(c), y, c) for c in (group[f"{k}_ci_{e}"].astype(float).to_numpy()
+                                                                    for e in ("low", "high")))  # fmt: skip
+                ax.errorbar(group[x].astype(float), y, yerr=[y - low, high - y], marker="o", capsize=3, label=method)
+            ax.set_xlabel("scored samples" if x == "scored_samples" else "training minutes")
+            ax.set_title(labels.get(k, k), fontsize=10)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{task}: metric against training budget ({profile} profile)")
+    fig.tight_layout()
+    with atomic_output(out_dir / "budget_curve.png") as png:
+        fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return frame

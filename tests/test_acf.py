@@ -16,6 +16,7 @@ from methods.acf import acf
 from methods.acf.schedule import Schedule
 from methods.base import generate as base_generate
 from methods.common.data import Prompt, read_jsonl, write_json
+from methods.common.probe import concordance
 from methods.common.rewards import get_reward
 from methods.common.sampling import Sampling, pack
 from methods.common.task import Task, Text
@@ -26,8 +27,11 @@ from methods.nado.aux_model import (
     AuxModel,
     NadoLogitsProcessor,
     completion_r_logits,
+    completion_r_taken,
     fit_aux,
     kl_to_target,
+    r_scores,
+    split_probe,
     target_logprobs,
 )
 from tests.conftest import CORPUS, snakemake
@@ -97,6 +101,49 @@ def test_kl_term_and_its_gradient_match_brute_force():
     kl.sum().backward()
     # q* is held fixed: d/dz sum_v q_v (log q_v - log p_v) = p - q
     torch.testing.assert_close(logits.grad, p - q)
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+def test_q_star_under_either_anchor_matches_a_hand_computation(anchored):
+    """Vocabulary of 3: p_theta = (.5, .3, .2), the base model (.2, .2, .6), R = (.9, .5, .1). q* ∝ anchor * R."""
+    logits = torch.tensor([[[0.5, 0.3, 0.2]]]).log().requires_grad_(True)
+    base = torch.tensor([[[0.2, 0.2, 0.6]]]).log()
+    r = torch.tensor([0.9, 0.5, 0.1])
+    kl = kl_to_target(logits, torch.logit(r)[None, None], base if anchored else None)
+    if anchored:  # .18, .10, .06 over .34
+        q = torch.tensor([0.18, 0.10, 0.06]) / 0.34
+    else:  # .45, .15, .02 over .62
+        q = torch.tensor([0.45, 0.15, 0.02]) / 0.62
+    p = torch.tensor([0.5, 0.3, 0.2])
+    assert kl.item() == pytest.approx((q * (q / p).log()).sum().item(), abs=1e-6)
+    kl.sum().backward()
+    torch.testing.assert_close(logits.grad[0, 0], p - q)  # q* held fixed under either anchor
+
+
+def test_r_scores_match_a_per_sequence_brute_force(tiny, aux):
+    """R's last-token logit and the tilt log q* - log p, packed with left padding, against one sequence at a time."""
+    _, tokenizer, model = tiny
+    samples = [
+        {"prompt_ids": p, "completion_ids": c} for p, c in [([5, 6, 7], [9, 10]), ([8], [11, 12, 13]), ([4, 4], [30])]
+    ]
+    seq, tilt = r_scores(aux, model, samples, tokenizer.pad_token_id, batch_size=2)
+    with torch.no_grad():
+        for k, s in enumerate(samples):
+            ids = torch.tensor([s["prompt_ids"] + s["completion_ids"]])
+            at = slice(len(s["prompt_ids"]) - 1, ids.shape[1] - 1)
+            logp = model(input_ids=ids).logits[0, at].log_softmax(-1)
+            r_logits = aux(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None])[0][0, at]
+            logq = (logp + F.logsigmoid(r_logits)).log_softmax(-1)
+            y = torch.tensor(s["completion_ids"])[:, None]
+            assert seq[k] == pytest.approx(r_logits[-1, y[-1, 0]].item(), rel=1e-4, abs=1e-5)
+            assert tilt[k] == pytest.approx((logq.gather(-1, y) - logp.gather(-1, y)).sum().item(), rel=1e-4, abs=1e-5)
+
+
+def test_r_of_the_taken_tokens_alone_equals_the_full_heads(tiny, aux):
+    _, tokenizer, _ = tiny
+    packed = pack([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], tokenizer.pad_token_id)
+    full = completion_r_logits(aux, packed).gather(-1, packed.completion_ids[..., None])[..., 0]
+    torch.testing.assert_close(completion_r_taken(aux, packed), full, rtol=1e-5, atol=1e-5)
 
 
 def test_acf_loss_matches_a_per_sequence_brute_force(tiny, aux):
@@ -229,8 +276,8 @@ def test_round_benchmarks_combine_into_one_row(tmp_path):
 def test_nado_decoding_raises_the_reward(tiny, tmp_path):
     path, _, _ = tiny
     task = synthetic_task()
-    hparams = dict(num_samples=400, r_layers=1, r_steps=60, r_batch_size=32, r_lr=3e-2, r_warmup_steps=2,
-                   label_threshold=0.375, r_freeze_embeddings=False, sample_batch_size=200)  # fmt: skip
+    hparams = dict(num_samples=400, samples_per_prompt=10, r_probe_prompts=6, r_layers=1, r_steps=60, r_batch_size=32,
+                   r_lr=3e-2, r_warmup_steps=2, r_freeze_embeddings=False, sample_batch_size=200)  # fmt: skip
     model_dir = nado.train(task, path, tmp_path / "nado", hparams, seed=0, device="cpu")
     base = rewards_of(sample_records(base_generate, path, task, tmp_path / "base.jsonl"))
     steered = rewards_of(sample_records(nado.generate, model_dir, task, tmp_path / "nado.jsonl"))
@@ -239,12 +286,24 @@ def test_nado_decoding_raises_the_reward(tiny, tmp_path):
     stats = json.loads((tmp_path / "nado" / "train_stats.json").read_text())
     assert stats["bce_last"] < stats["bce_first"] and stats["heldout_perplexity"] > 1
 
+    # R's token-level AUC on the probe prompts' samples, which it never trained on, beats every one of 1,000 shuffles
+    # of the rewards: a chance of 1 in 1,000 at most that an R which learned nothing passes
+    train, probe = split_probe(read_jsonl(tmp_path / "nado" / "samples.jsonl"))
+    assert len(probe) == 60 and not {s["prompt_id"] for s in train} & {s["prompt_id"] for s in probe}
+    seq, tilt = r_scores(AuxModel.load(model_dir), tiny[2], probe, tiny[1].pad_token_id)
+    rewards, groups = np.array([s["reward"] for s in probe]), [s["prompt_id"] for s in probe]
+    assert stats["r_auc"] == pytest.approx(concordance(seq, rewards))
+    assert stats["r_auc_token"] == pytest.approx(concordance(tilt, rewards, groups))
+    shuffled = [concordance(tilt, np.random.default_rng(k).permutation(rewards), groups) for k in range(1000)]
+    assert stats["r_auc_token"] > max(shuffled), (stats["r_auc_token"], max(shuffled))
 
-def test_acf_raises_the_reward_that_plain_fine_tuning_on_the_same_corpus_does_not(tiny, tmp_path):
+
+@pytest.mark.parametrize("anchor", ["base", "policy"])
+def test_acf_raises_the_reward_that_plain_fine_tuning_on_the_same_corpus_does_not(tiny, tmp_path, anchor):
     path, _, _ = tiny
     task = synthetic_task()
     rounds, steps, lr = 3, 20, 1e-2
-    hparams = dict(num_rounds=rounds, samples_per_round=200, lm_steps_per_round=steps, lm_batch_size=8,
+    hparams = dict(q_star_anchor=anchor, r_probe_prompts=4, samples_per_prompt=5, num_rounds=rounds, samples_per_round=200, lm_steps_per_round=steps, lm_batch_size=8,
                    kl_batch_size=16, lm_lr=lr, lm_warmup_steps=1, kl_coef=1.0, r_layers=1, r_steps=30, r_batch_size=32,
                    r_lr=1e-2, r_warmup_steps=2, label_threshold=0.25, r_freeze_embeddings=False, sample_batch_size=200)  # fmt: skip
     acf_dir = acf.train(task, path, tmp_path / "acf", hparams, seed=0, device="cpu")
@@ -252,11 +311,13 @@ def test_acf_raises_the_reward_that_plain_fine_tuning_on_the_same_corpus_does_no
                             seed=0, device="cpu")  # fmt: skip
     regularised = rewards_of(sample_records(base_generate, acf_dir, task, tmp_path / "acf.jsonl"))
     plain = rewards_of(sample_records(base_generate, ft_dir, task, tmp_path / "ft.jsonl"))
-    ok, detail = beats(regularised, plain, 0.1)
+    ok, detail = beats(regularised, plain, 0.08)
     assert ok, detail
     stats = json.loads((tmp_path / "acf" / "train_stats.json").read_text())
     assert [j["job"] for j in stats["jobs"]] == ["sample0", "r0", "sample1", "lm1", "sample2", "r2", "lm2", "lm3"]
     assert stats["jobs"][-1]["kl_first"] > 0 and stats["heldout_perplexity"] > 1
+    assert stats["r_auc_token"] == next(j for j in stats["jobs"] if j["job"] == "r2")["r_auc_token"]
+    assert any((tmp_path / "acf" / "tensorboard").iterdir())
 
 
 def test_fine_tuning_learns_its_corpus(tiny, tmp_path):

@@ -99,7 +99,16 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
         files.append(tmp_path / f"m{seed}.json")
         benches.append(tmp_path / f"b{seed}.tsv")
     (tmp_path / "train_stats.json").write_text(
-        json.dumps({"dropped_unscored": 3, "heldout_perplexity": 20.0, "probe_auc": 0.7, "probe_auc_within": 0.6})
+        json.dumps(
+            {
+                "dropped_unscored": 3,
+                "heldout_perplexity": 20.0,
+                "probe_auc": 0.7,
+                "probe_auc_within": 0.6,
+                "r_auc": 0.8,
+                "r_auc_token": 0.9,
+            }
+        )
     )
     agg = aggregate_seeds(files, benches, benches)
     assert agg["avg_max_toxicity"] == pytest.approx(0.3) and agg["num_seeds"] == 2
@@ -108,6 +117,8 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
         "heldout_perplexity": 20.0,
         "probe_auc": 0.7,
         "probe_auc_within": 0.6,
+        "r_auc": 0.8,
+        "r_auc_token": 0.9,
     }  # summed / averaged over seeds
     assert agg["seed_std"]["avg_max_toxicity"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert agg["cost"] == {"train_seconds": 60.0, "generate_seconds": 60.0, "peak_rss_mb": 2048.0}
@@ -116,6 +127,7 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
     assert list(frame["Method"]) == ["Base", "Quark"]
     assert list(frame["Unscored"]) == ["–", "6"] and list(frame["Held-out PPL ↓"]) == ["–", "20.00"]
     assert list(frame["Probe AUC ↑ (all / within prompt)"]) == ["–", "0.700 / 0.600"]
+    assert list(frame["R AUC ↑ (seq / token)"]) == ["–", "0.800 / 0.900"]
     assert pd.read_csv(tmp_path / "table.csv")["dropped_unscored"].tolist()[1] == 6
     assert "0.300 ± 0.141" in frame.iloc[0, 1]
     assert (tmp_path / "table.tex").read_text().count("Quark") == 1

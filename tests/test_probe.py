@@ -104,5 +104,5 @@ def test_the_reward_token_goes_before_the_prompt_or_right_after_it(tiny, tmp_pat
     quark.generate(model_dir, prompts, 1, Sampling(), tmp_path / "out.jsonl", seed=0, device="cpu")
     ids = json.loads((model_dir / quark.META_FILE).read_text())["reward_token_ids"]
     assert seen["suffix_ids"] == [ids[0]] and "prefix_ids" not in seen
-    with pytest.raises(SuiteError, match="token_position must be 'start' or 'end', not 'middle'"):
+    with pytest.raises(SuiteError, match="'token_position' must be 'start' or 'end', not 'middle'"):
         quark.train(task, path, tmp_path / "bad", {**hparams, "token_position": "middle"}, seed=0, device="cpu")

@@ -201,7 +201,7 @@ def test_quark_with_unlikelihood_pushes_down_repeats_further_than_quark(tiny, tm
     # (measured: 0.99 before, 0.97 after Quark, 0.58 after Quark + UL), and round 1 explores with fewer repeats
     assert before > 0.9 and after[0.0] > 0.8 * before and after[1.0] < 0.7 * after[0.0], (before, after)
     assert rounds[1]["explore_reward"] > rounds[0]["explore_reward"] + 0.3, rounds
-    with pytest.raises(SuiteError, match="unlikelihood_level must be"):
+    with pytest.raises(SuiteError, match="'unlikelihood_level' must be"):
         quark.train(task, tmp_path / "prone", tmp_path / "bad", {"unlikelihood_level": "word"}, seed=0, device="cpu")
 
 

@@ -197,3 +197,30 @@ def test_evaluation_settings_never_retrain(repo_copy):
     trained = [line.split()[1] for line in (result.stdout + result.stderr).splitlines()
                if line.strip().startswith("output:") and line.strip().endswith("model.json")]  # fmt: skip
     assert trained == ["results/test/toxicity/quark/seed0/model.json"], trained
+
+
+def test_budget_curve_trains_each_multiple_once_and_plots_it(repo_copy):
+    """`snakemake budget_curve`: a budget row x2 trains with its budget keys doubled, and draws twice the samples."""
+    change = override(repo_copy, tasks=["toxicity"], methods=["base"],
+                      budget_curve={"task": "toxicity", "methods": ["quark"], "budgets": [1, 2]})  # fmt: skip
+    result = snakemake(repo_copy, "budget_curve", "--configfile", TEST, change)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = repo_copy / "results" / "test" / "toxicity"
+    runs = {
+        k: json.loads((out / row / "seed0" / "model.json").read_text()) for k, row in ((1, "quark"), (2, "quark-x2"))
+    }
+    assert runs[2]["hparams"]["num_rounds"] == 2 * runs[1]["hparams"]["num_rounds"]
+    assert {k: v for k, v in runs[2]["hparams"].items() if k != "num_rounds"} == {
+        k: v for k, v in runs[1]["hparams"].items() if k != "num_rounds"
+    }
+    curve = pd.read_csv(out / "budget_curve.csv")
+    assert list(curve["budget"]) == [1, 2] and curve["scored_samples"].iloc[1] == 2 * curve["scored_samples"].iloc[0]
+    assert curve["avg_max_toxicity"].between(0, 1).all() and (curve["train_minutes"] > 0).all()
+    assert "Quark" in (out / "budget_curve.md").read_text()
+    assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_budget_curve_of_a_method_without_budget_keys_fails_in_one_line(repo_copy):
+    change = override(repo_copy, budget_curve={"methods": ["base"], "budgets": [1, 2]})
+    result = snakemake(repo_copy, "-n", "budget_curve", "--configfile", TEST, change)
+    assert_one_line_error(result, "budget_curve", "no variant 'x2'", "budget_keys")

@@ -20,10 +20,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, PreTrainedModel, set_seed
 
 from methods.acf.schedule import Schedule
@@ -39,12 +41,13 @@ from methods.finetune.finetune import corpus_pairs
 from methods.nado.aux_model import (
     AuxConfig,
     AuxModel,
+    base_rate,
     collect_samples,
     completion_r_logits,
     fit_aux,
     kl_to_target,
-    labels_of,
     read_samples,
+    split_probe,
 )
 
 JOB_KINDS = {"sample": 0, "r": 1, "lm": 2}
@@ -63,20 +66,31 @@ class AcfConfig(AuxConfig):
     lm_lr: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate of the LM, each round"})
     lm_warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps each round, then decay to 0"})
     kl_coef: float = field(default=1.0, metadata={"help": "lambda, the weight of the mean per-token KL(q* || p_theta)"})
+    q_star_anchor: Literal["base", "policy"] = field(
+        default="base", metadata={"help": "the model R reweights into q*: 'base', the frozen base model (the authors' "
+                                  "PR_finetune), or 'policy', p_theta itself, detached"},
+    )  # fmt: skip
     max_text_tokens: int = field(default=MAX_TEXT_TOKENS, metadata={"help": "corpus texts are cut to this length"})
 
 
 def acf_loss(
-    model: PreTrainedModel, aux: AuxModel, corpus: Packed, sampled: Packed | None, kl_coef: float
+    model: PreTrainedModel,
+    aux: AuxModel,
+    corpus: Packed,
+    sampled: Packed | None,
+    kl_coef: float,
+    anchor: PreTrainedModel | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """NLL on the corpus batch + kl_coef * mean per-token KL(q* || p_theta) on the sampled batch's completions."""
+    """NLL on the corpus batch + kl_coef * mean per-token KL(q* || p_theta) on the sampled batch's completions;
+    q* reweights `anchor` (the frozen base model) by R, or p_theta itself when `anchor` is None."""
     nll = target_nll(model, corpus).sum() / corpus.completion_mask.sum().clamp(min=1)
     if sampled is None or not kl_coef:
         return nll, {"nll": nll.item()}
     logits = completion_logits(model, sampled)
     with torch.no_grad():
         r_logits = completion_r_logits(aux, sampled)
-    kl = masked_mean(kl_to_target(logits, r_logits), sampled.completion_mask.float())
+        anchor_logits = None if anchor is None else completion_logits(anchor, sampled)
+    kl = masked_mean(kl_to_target(logits, r_logits, anchor_logits), sampled.completion_mask.float())
     return nll + kl_coef * kl, {"nll": nll.item(), "kl": kl.item()}
 
 
@@ -96,23 +110,26 @@ def stats_path(rounds: Path, kind: str, k: int) -> Path:
     return Path(rounds) / f"{kind}{k}.json"
 
 
-def sample_job(task: Task, model_dir: Path, out_path: Path, cfg: AcfConfig, *, seed: int, device: str, desc: str):
+def sample_job(task: Task, model_dir: Path, out_path: Path, cfg: AcfConfig, *, seed: int, run_seed: int, device: str,
+               desc: str):  # fmt: skip
+    """S_i, with R's probe samples on the run's held-out prompts (the same prompts every round)."""
     model, tokenizer = load_model(model_dir, device)
     samples, stats = collect_samples(model, tokenizer, task, cfg.samples_per_round, cfg, np.random.default_rng(seed),
-                                     desc=desc)  # fmt: skip
+                                     desc=desc, probe_seed=run_seed)  # fmt: skip
     write_jsonl(out_path, samples)
     return stats
 
 
 def fit_r_job(samples: Path, init: Path | None, base_model: Path, sampler: Path, out_dir: Path, cfg: AcfConfig, *,
               seed: int, device: str, desc: str) -> dict:  # fmt: skip
-    """R_i from R_{i-1} (or a fresh R) on one round's samples; the sampler LM is loaded for the consistency term only."""
-    sampler_model = load_model(sampler, device)[0] if cfg.consistency_coef else None
+    """R_i from R_{i-1} (or a fresh R) on one round's samples; the sampler LM is loaded for the consistency term
+    and R's AUCs on the round's probe samples."""
+    sampler_model = load_model(sampler, device)[0] if cfg.consistency_coef or cfg.r_probe_prompts else None
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     data = read_samples(samples)
     if init is None:
-        aux = AuxModel.from_base(base_model, cfg.r_layers, device, float(np.mean(labels_of(data, cfg.label_threshold))))
+        aux = AuxModel.from_base(base_model, cfg.r_layers, device, base_rate(data, cfg.label_threshold))
     else:
         aux = AuxModel.load(init, device)
     stats = fit_aux(aux, data, cfg, pad_id, sampler=sampler_model, seed=seed, desc=desc)
@@ -120,12 +137,14 @@ def fit_r_job(samples: Path, init: Path | None, base_model: Path, sampler: Path,
     return stats
 
 
-def fit_lm_job(task: Task, init: Path, r_dir: Path, samples: Path, out_dir: Path, cfg: AcfConfig, *, seed: int,
-               device: str, desc: str) -> dict:  # fmt: skip
-    """LM_i from LM_{i-1}: corpus NLL plus the KL to q* of R on the round's sampled sequences."""
+def fit_lm_job(task: Task, init: Path, r_dir: Path, samples: Path, base_model: Path, out_dir: Path, cfg: AcfConfig, *,
+               seed: int, device: str, desc: str) -> dict:  # fmt: skip
+    """LM_i from LM_{i-1}: corpus NLL plus the KL to q* of R on the round's sampled sequences (probe samples left
+    out); q* reweights the base model or LM_i itself (`q_star_anchor`)."""
     model, tokenizer = load_model(init, device)
+    anchor = load_model(base_model, device)[0].requires_grad_(False) if cfg.q_star_anchor == "base" else None
     aux = AuxModel.load(r_dir, device).requires_grad_(False)
-    sampled = read_samples(samples)
+    sampled = split_probe(read_samples(samples))[0]
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
 
@@ -134,7 +153,7 @@ def fit_lm_job(task: Task, init: Path, r_dir: Path, samples: Path, out_dir: Path
         batch = pack([sampled[i]["prompt_ids"] for i in idx], [sampled[i]["completion_ids"] for i in idx],
                      tokenizer.pad_token_id)  # fmt: skip
         batch = batch.to(device)
-        loss, stats = acf_loss(model, aux, corpus, batch, cfg.kl_coef)
+        loss, stats = acf_loss(model, aux, corpus, batch, cfg.kl_coef, anchor)
         history.append(stats)
         return loss
 
@@ -159,7 +178,7 @@ def run_job(kind: str, i: int, task: Task, base_model: Path, rounds: Path, cfg: 
     started = time.time()
     if kind == "sample":
         stats = sample_job(task, lm_path(rounds, sched.sample_from(i), base_model), samples_path(rounds, i), cfg,
-                           seed=job_seed, device=device, desc=f"round {i}: sampling")  # fmt: skip
+                           seed=job_seed, run_seed=seed, device=device, desc=f"round {i}: sampling")  # fmt: skip
     elif kind == "r":
         init = sched.r_init(i)
         data = sched.r_data(i)
@@ -168,8 +187,8 @@ def run_job(kind: str, i: int, task: Task, base_model: Path, rounds: Path, cfg: 
                           device=device, desc=f"round {i}: training R")  # fmt: skip
     elif kind == "lm":
         stats = fit_lm_job(task, lm_path(rounds, i - 1, base_model), r_path(rounds, sched.lm_r(i)),
-                           samples_path(rounds, sched.lm_samples(i)), lm_path(rounds, i, base_model), cfg,
-                           seed=job_seed, device=device, desc=f"round {i}: training the LM")  # fmt: skip
+                           samples_path(rounds, sched.lm_samples(i)), base_model, lm_path(rounds, i, base_model),
+                           cfg, seed=job_seed, device=device, desc=f"round {i}: training the LM")  # fmt: skip
     else:
         raise ValueError(f"unknown ACF job kind {kind!r}")
     ended = time.time()
@@ -199,7 +218,8 @@ def combine_benchmarks(paths: list[Path], out_path: Path) -> None:
 
 def finish(task: Task, base_model: Path, out_dir: Path, cfg: AcfConfig, *, device: str,
            benchmarks: list[Path] | None = None) -> Path:  # fmt: skip
-    """Keep LM_N as out_dir/model (hard links), gather the jobs' stats, measure held-out perplexity, combine costs."""
+    """Keep LM_N as out_dir/model (hard links), gather the jobs' stats (and log them to TensorBoard by round),
+    measure held-out perplexity, combine costs. The AUCs of the R that LM_N trained against head the stats."""
     out_dir, rounds = Path(out_dir), Path(out_dir) / "rounds"
     sched = Schedule(cfg.num_rounds, cfg.parallel)
     model_dir = out_dir / "model"
@@ -214,7 +234,14 @@ def finish(task: Task, base_model: Path, out_dir: Path, cfg: AcfConfig, *, devic
              "heldout_texts": len(heldout), "wall_seconds": max(j["ended"] for j in jobs) - min(j["started"] for j in jobs),
              "job_seconds": sum(j["seconds"] for j in jobs), "parallel": cfg.parallel, "config": asdict(cfg),
              "jobs": jobs}  # fmt: skip
+    final_r = json.loads(stats_path(rounds, "r", sched.r_of(sched.lm_r(cfg.num_rounds))).read_text())
+    stats |= {k: v for k, v in final_r.items() if k.startswith("r_auc")}
     write_json(out_dir / "train_stats.json", stats)
+    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
+        for (kind, i), job in zip(sched.jobs(), jobs):
+            for key, value in job.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("started", "ended"):
+                    writer.add_scalar(f"{kind}/{key}", value, i)
     if benchmarks:
         combine_benchmarks(benchmarks, out_dir / "train.benchmark.tsv")
     return model_dir

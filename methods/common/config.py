@@ -40,7 +40,13 @@ def from_dict(cls: type[T], values: dict, source: str) -> T:
 
 def _checked(value, hint, key: str, source: str):
     """`value` if it is of the field's type (an int passes for a float); a string that reads as one (Snakemake's
-    `--config` passes nested values as strings) becomes it. Anything else is a one-line error."""
+    `--config` passes nested values as strings) becomes it. A `Literal` field takes one of its values. Anything else
+    is a one-line error."""
+    if typing.get_origin(hint) is typing.Literal:
+        if value in typing.get_args(hint):
+            return value
+        names = " or ".join(map(repr, typing.get_args(hint)))
+        raise SuiteError(f"{source}: hyperparameter '{key}' must be {names}, not {value!r}")
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     allowed = tuple(typing.get_origin(a) or a for a in allowed)
 

@@ -47,6 +47,7 @@ from methods.common.data import iter_jsonl
 from methods.common.errors import SuiteError
 from methods.common.kl import masked_mean
 from methods.common.models import encode_prompts
+from methods.common.probe import concordance, held_out_prompts
 from methods.common.rollout import sample_and_score
 from methods.common.sampling import Packed, completion_logits, pack
 from methods.common.task import Task
@@ -66,6 +67,20 @@ class AuxConfig:
     r_batch_size: int = field(default=32, metadata={"help": "sampled sequences per R step"})
     r_lr: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate for R"})
     r_warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps for R, then linear decay to 0"})
+    samples_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "completions drawn per chosen prompt: several give R the within-prompt contrast "
+            "that tells the completion's part from the prompt's"
+        },  # fmt: skip
+    )
+    r_probe_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "training prompts kept out of R's data; R's AUCs on their samples (samples_per_"
+            "prompt each, drawn with the rest) are logged; 0: none"
+        },  # fmt: skip
+    )
     label_threshold: float | None = field(
         default=None, metadata={"help": "None: the reward itself is R's soft label; else 1 if reward >= threshold"}
     )
@@ -156,18 +171,34 @@ def completion_r_logits(aux: AuxModel, packed: Packed) -> torch.Tensor:
     return logits[:, :-1]
 
 
+def completion_r_taken(aux: AuxModel, packed: Packed) -> torch.Tensor:
+    """logit R(x<t, x_t) for each completion token, [B, C]: the head's rows of the taken tokens only, so training
+    without the consistency term never builds the [B, C, V] logits."""
+    C = packed.completion_ids.shape[1]
+    out = aux.backbone(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                       position_ids=packed.position_ids(), use_cache=False)  # fmt: skip
+    hidden = out.last_hidden_state[:, -C - 1 : -1]  # [B, C, H], the positions that predict the completion
+    ids = packed.completion_ids
+    return (hidden * aux.head.weight[ids]).sum(-1) + aux.head.bias[ids]
+
+
 def target_logprobs(logits: torch.Tensor, r_logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """log q*(v | x<t) = log_softmax(log p + alpha log R) over the vocabulary (alpha = 1 is NADO's q*)."""
     return F.log_softmax(logits.float() + alpha * F.logsigmoid(r_logits.float()), dim=-1)
 
 
-def kl_to_target(logits: torch.Tensor, r_logits: torch.Tensor) -> torch.Tensor:
-    """KL(q* || p_theta) per position, [B, C], exact over the vocabulary; q* = p_theta (detached) reweighted by R.
+def kl_to_target(
+    logits: torch.Tensor, r_logits: torch.Tensor, anchor_logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL(q* || p_theta) per position, [B, C], exact over the vocabulary; q* is the anchor reweighted by R.
 
-    q* is held fixed: the gradient reaches p_theta only through log p_theta, and pulls it towards q*.
+    The anchor is a fixed model's logits (the base model's, as the ACF authors' `PR_finetune` builds its teacher)
+    or, when None, p_theta's own, detached. q* is held fixed either way: the gradient reaches p_theta only through
+    log p_theta, and pulls it towards q*.
     """
     logprobs = F.log_softmax(logits.float(), dim=-1)
-    target = target_logprobs(logits.detach(), r_logits.detach())
+    anchor = logits.detach() if anchor_logits is None else anchor_logits.detach()
+    target = target_logprobs(anchor, r_logits.detach())
     return (target.exp() * (target - logprobs)).sum(-1)
 
 
@@ -178,25 +209,26 @@ def target_nll(model: PreTrainedModel, aux: AuxModel, packed: Packed, alpha: flo
 
 
 def r_loss(
-    r_logits: torch.Tensor,
-    completion_ids: torch.Tensor,
+    taken: torch.Tensor,
     mask: torch.Tensor,
     labels: torch.Tensor,
+    r_logits: torch.Tensor | None = None,
     p_logits: torch.Tensor | None = None,
     consistency_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """R's training loss on sampled completions.
 
-    r_logits: [B, C, V] R's logits where each completion token is predicted; p_logits: the same positions under the
-    model the samples came from (only for the consistency term); completion_ids, mask: [B, C]; labels: [B] in [0, 1].
+    taken, mask: [B, C] logit R(x<t, x_t) of each completion token and the completion mask; labels: [B] in [0, 1];
+    for the consistency term only, r_logits and p_logits: [B, C, V] R's logits and the sampling model's at the same
+    positions.
     """
     mask = mask.float()
-    taken = r_logits.float().gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, C] logit R(x<t, x_t)
+    taken = taken.float()
     target = labels.float().unsqueeze(-1).expand_as(taken)
     bce = masked_mean(F.binary_cross_entropy_with_logits(taken, target, reduction="none"), mask)
     stats = {"bce": bce.item(), "r_taken": masked_mean(torch.sigmoid(taken), mask).item()}
     loss = bce
-    if consistency_coef and p_logits is not None:
+    if consistency_coef and p_logits is not None and r_logits is not None:
         # R(x<=t), read off at position t, against sum_v p(v | x<=t) R(x<=t, v) at position t + 1: the Bernoulli KL
         # of NADO's reference code (its `reg_loss`); both sides get gradients, as there.
         expect = (F.softmax(p_logits[:, 1:].float(), -1) * torch.sigmoid(r_logits[:, 1:].float())).sum(-1)
@@ -211,12 +243,16 @@ def r_loss(
     return loss, stats
 
 
-def sample_prompts(task: Task, n: int, rng: np.random.Generator) -> list[int]:
-    """Indices of n training prompts: shuffled passes over all of them, so every prompt is used before any repeats."""
+R_PROBE_KEY = 424_242  # seeds the choice of R's held-out prompts, apart from every sampling draw
+
+
+def sample_prompts(candidates: list[int], n: int, per_prompt: int, rng: np.random.Generator) -> list[int]:
+    """n prompt indices, each chosen prompt `per_prompt` times in a row: shuffled passes over the candidates, so
+    every prompt is used before any repeats."""
     order: list[int] = []
-    while len(order) < n:
-        order += rng.permutation(len(task.train_prompts)).tolist()
-    return order[:n]
+    while len(order) * per_prompt < n:
+        order += rng.permutation(candidates).tolist()
+    return [i for i in order for _ in range(per_prompt)][:n]
 
 
 def collect_samples(
@@ -227,25 +263,33 @@ def collect_samples(
     cfg: AuxConfig,
     rng: np.random.Generator,
     desc: str = "sampling",
+    probe_seed: int = 0,
 ) -> tuple[list[dict], dict]:
-    """Sample n completions (one per chosen prompt), score them; returns (samples, stats).
+    """Sample n completions (`cfg.samples_per_prompt` per chosen prompt) and R's probe set, and score them; returns
+    (samples, stats).
 
-    A sample is {prompt_id, prompt, prompt_ids, completion_ids, text, reward}; those whose reward is None are dropped
-    and counted.
+    A sample is {prompt_id, prompt, prompt_ids, completion_ids, text, reward, probe}; `probe` marks the samples of
+    the `cfg.r_probe_prompts` held-out prompts (fixed by `probe_seed`, the run's seed), which R never trains on.
+    Samples whose reward is None are dropped and counted.
     """
     device = str(next(model.parameters()).device)
     texts = [p.text for p in task.train_prompts]
     prefixes = encode_prompts(tokenizer, texts, cfg.max_prompt_tokens)
     sampling = replace(task.sampling, top_p=cfg.sample_top_p, do_sample=True, batch_size=cfg.sample_batch_size)
+    probe = held_out_prompts(len(texts), cfg.r_probe_prompts, probe_seed, R_PROBE_KEY)
+    rest = sorted(set(range(len(texts))) - set(probe))
+    chosen = [i for i in probe for _ in range(cfg.samples_per_prompt)]
+    chosen += sample_prompts(rest, n, cfg.samples_per_prompt, rng)
     with autocast(device, cfg.bf16):
-        rollout = sample_and_score(model, tokenizer, task.reward, texts, prefixes, sample_prompts(task, n, rng),
-                                   sampling, desc=desc)  # fmt: skip
+        rollout = sample_and_score(model, tokenizer, task.reward, texts, prefixes, chosen, sampling, desc=desc)
     if not rollout.rewards:
         raise SuiteError(f"{desc}: the reward returned None for every sample")
+    probe = set(probe)
     samples = [{"prompt_id": task.train_prompts[i].id, "prompt": texts[i], "prompt_ids": prefixes[i],
-                "completion_ids": c, "text": t, "reward": r}
+                "completion_ids": c, "text": t, "reward": r, "probe": i in probe}
                for i, c, t, r in zip(rollout.prompt_index, rollout.completions, rollout.texts, rollout.rewards)]  # fmt: skip
-    stats = {"samples": len(samples), "dropped_unscored": rollout.dropped, "mean_reward": float(np.mean(rollout.rewards)),
+    stats = {"samples": len(samples), "probe_samples": sum(s["probe"] for s in samples),
+             "dropped_unscored": rollout.dropped, "mean_reward": float(np.mean(rollout.rewards)),
              "tokens": rollout.tokens, "sample_seconds": rollout.seconds,
              "tokens_per_second": rollout.tokens / max(rollout.seconds, 1e-9)}  # fmt: skip
     return samples, stats
@@ -258,9 +302,59 @@ def read_samples(path: str | Path) -> list[dict]:
     return rows
 
 
+def split_probe(samples: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(R's training samples, R's probe samples)."""
+    return [s for s in samples if not s.get("probe")], [s for s in samples if s.get("probe")]
+
+
+@torch.no_grad()
+def r_scores(
+    aux: AuxModel, anchor: PreTrainedModel, samples: list[dict], pad_id: int, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, (logit R(x<T, x_T) at the completion's last token, the tilt sum_t log q*(y_t|.) - log p(y_t|.))
+    with q* ∝ p R and p the `anchor` model; `r_auc` ranks them."""
+    device = next(aux.parameters()).device
+    was_training = aux.training
+    aux.eval()
+    seq, tilt = [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        packed = pack([s["prompt_ids"] for s in chunk], [s["completion_ids"] for s in chunk], pad_id).to(device)
+        r_logits = completion_r_logits(aux, packed).float()
+        p_logits = completion_logits(anchor, packed).float()
+        ids, mask = packed.completion_ids.unsqueeze(-1), packed.completion_mask.float()
+        taken = r_logits.gather(-1, ids).squeeze(-1)  # [B, C]
+        last = (mask.sum(-1).long() - 1).clamp(min=0)
+        seq.append(taken[torch.arange(len(chunk)), last].cpu().numpy())
+        log_ratio = target_logprobs(p_logits, r_logits).gather(-1, ids) - F.log_softmax(p_logits, -1).gather(-1, ids)
+        tilt.append((log_ratio.squeeze(-1) * mask).sum(-1).cpu().numpy())
+    aux.train(was_training)
+    return np.concatenate(seq), np.concatenate(tilt)
+
+
+def r_auc(aux: AuxModel, anchor: PreTrainedModel, samples: list[dict], pad_id: int) -> dict:
+    """R's AUCs against the reward on scored samples it never trained on (concordance: 0.5 is chance, 1 perfect).
+
+    r_auc, r_auc_within   R(x<T, x_T), R's estimate at the last token that the whole completion satisfies, ranked
+                          over all pairs of samples, and over pairs of one prompt's samples only
+    r_auc_token           the tilt that decoding applies, log q*(y|x) - log p(y|x) summed over the completion's
+                          tokens, ranked within prompt: whether R's token-level decomposition favours a prompt's
+                          better continuations
+    """
+    seq, tilt = r_scores(aux, anchor, samples, pad_id)
+    rewards, groups = [s["reward"] for s in samples], [s["prompt_id"] for s in samples]
+    return {"r_auc": concordance(seq, rewards), "r_auc_within": concordance(seq, rewards, groups),
+            "r_auc_token": concordance(tilt, rewards, groups), "r_probe_samples": len(samples)}  # fmt: skip
+
+
 def labels_of(samples: list[dict], threshold: float | None) -> list[float]:
     """R's label per sample: the reward (soft), or 1/0 against the threshold."""
     return [s["reward"] if threshold is None else float(s["reward"] >= threshold) for s in samples]
+
+
+def base_rate(samples: list[dict], threshold: float | None) -> float:
+    """The mean label of R's training samples (probe samples left out): a fresh R's starting bias."""
+    return float(np.mean(labels_of(split_probe(samples)[0], threshold)))
 
 
 def fit_aux(
@@ -275,9 +369,11 @@ def fit_aux(
 ) -> dict[str, float]:
     """Train R on labelled samples (AdamW, linear warm-up and decay); `sampler` is the model they came from.
 
-    The sampler is only needed for the consistency term. Returns the first- and last-tenth means of the loss terms.
+    The sampler is needed for the consistency term and for R's AUCs on the probe samples (`r_auc`), which R never
+    trains on. Returns the first- and last-tenth means of the loss terms, and the AUCs.
     """
     device = str(next(aux.parameters()).device)
+    samples, probe = split_probe(samples)
     if cfg.r_freeze_embeddings:
         aux.backbone.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in aux.parameters() if p.requires_grad]
@@ -297,11 +393,16 @@ def fit_aux(
         packed = pack([samples[i]["prompt_ids"] for i in idx], [samples[i]["completion_ids"] for i in idx], pad_id)
         packed = packed.to(device)
         with autocast(device, cfg.bf16):
-            r_logits = completion_r_logits(aux, packed)
-            with torch.no_grad():
-                p_logits = completion_logits(sampler, packed) if use_sampler else None
-        loss, stats = r_loss(r_logits, packed.completion_ids, packed.completion_mask, labels[idx].to(device),
-                             p_logits, cfg.consistency_coef)  # fmt: skip
+            if use_sampler:  # the consistency term needs R's and p's logits over the vocabulary
+                r_logits = completion_r_logits(aux, packed)
+                taken = r_logits.gather(-1, packed.completion_ids.unsqueeze(-1)).squeeze(-1)
+                with torch.no_grad():
+                    p_logits = completion_logits(sampler, packed)
+            else:
+                r_logits = p_logits = None
+                taken = completion_r_taken(aux, packed)
+        loss, stats = r_loss(taken, packed.completion_mask, labels[idx].to(device), r_logits, p_logits,
+                             cfg.consistency_coef)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -313,6 +414,8 @@ def fit_aux(
     out = {f"{k}_first": float(np.mean([h[k] for h in history[:tenth]])) for k in history[0]} if history else {}
     out |= {f"{k}_last": float(np.mean([h[k] for h in history[-tenth:]])) for k in history[0]} if history else {}
     out |= {"r_steps": cfg.r_steps, "r_seconds": seconds, "label_mean": float(labels.mean())}
+    if probe and sampler is not None:
+        out |= r_auc(aux, sampler, probe, pad_id)
     return out
 
 

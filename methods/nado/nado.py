@@ -25,9 +25,9 @@ from methods.nado.aux_model import (
     AuxConfig,
     AuxModel,
     NadoLogitsProcessor,
+    base_rate,
     collect_samples,
     fit_aux,
-    labels_of,
     target_nll,
 )
 
@@ -48,9 +48,9 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     started = time.perf_counter()
     base, tokenizer = load_model(base_model, device)
     samples, sample_stats = collect_samples(base, tokenizer, task, cfg.num_samples, cfg, np.random.default_rng(seed),
-                                            desc="sampling from the base model")  # fmt: skip
+                                            desc="sampling from the base model", probe_seed=seed)  # fmt: skip
     write_jsonl(out_dir / "samples.jsonl", samples)
-    aux = AuxModel.from_base(base_model, cfg.r_layers, device, float(np.mean(labels_of(samples, cfg.label_threshold))))
+    aux = AuxModel.from_base(base_model, cfg.r_layers, device, base_rate(samples, cfg.label_threshold))
     r_stats = fit_aux(aux, samples, cfg, tokenizer.pad_token_id, sampler=base, seed=seed)
     aux.save(model_dir)
     write_json(model_dir / META_FILE, {"base_model": str(base_model), "alpha": cfg.alpha, "config": asdict(cfg)})

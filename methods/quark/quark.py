@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.kl import KLController, masked_mean
 from methods.common.models import encode_prompts, load_model, read_meta
-from methods.common.probe import controllability
+from methods.common.probe import controllability, held_out_prompts
 from methods.common.rollout import score_completions
 from methods.common.sampling import Packed, Sampling, completion_logits, pack, sample
 from methods.common.task import Task
@@ -107,7 +108,7 @@ class QuarkConfig:
         default=0.0, metadata={"help": "weight of an unlikelihood term added to the loss (the paper's Quark + UL on "
                                "repetition); 0: plain Quark"},
     )  # fmt: skip
-    unlikelihood_level: str = field(
+    unlikelihood_level: Literal["sequence", "token"] = field(
         default="sequence", metadata={"help": "'sequence': the sample's tokens in an n-gram repeated within its "
                                       "completion; 'token': every earlier token of the sequence (Welleck et al.)"},
     )  # fmt: skip
@@ -116,7 +117,7 @@ class QuarkConfig:
         default=1.0, metadata={"help": "the reward tokens' embedding rows take this many times AdamW's step (1: the "
                                "reference code); for short runs, in which the new rows barely leave their random start"},
     )  # fmt: skip
-    token_position: str = field(
+    token_position: Literal["start", "end"] = field(
         default="start", metadata={"help": "where the reward token goes: 'start', before the prompt (the reference "
                                    "code), or 'end', between the prompt and the completion"},
     )  # fmt: skip
@@ -224,11 +225,7 @@ class Trainer:
         self.device = self.acc.device if self.world > 1 else torch.device(device)
         self.quiet = {} if self.main else {"disable": True}  # progress bars from the main process only
         self.prompts = task.train_prompts
-        if cfg.probe_prompts >= len(self.prompts):
-            raise SuiteError(f"probe_prompts {cfg.probe_prompts} leaves none of the {len(self.prompts)} training "
-                             "prompts to explore")  # fmt: skip
-        held_out = np.random.default_rng([seed, PROBE_ROUND_KEY]).permutation(len(self.prompts))[: cfg.probe_prompts]
-        self.probe_idx = sorted(int(i) for i in held_out)  # prompts of the probe set, never explored
+        self.probe_idx = held_out_prompts(len(self.prompts), cfg.probe_prompts, seed, PROBE_ROUND_KEY)  # never explored
         self.explore_idx = [i for i in range(len(self.prompts)) if i not in set(self.probe_idx)]
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", "quark", cfg.keep_checkpoints)
         self.pool: Pool | None = None  # the main process's; the others receive its samples
@@ -454,6 +451,7 @@ class Trainer:
         if cfg.pool_max_size is not None:
             self.pool.keep_newest(cfg.pool_max_size)
         self.stats["explore_tokens"] += sum(len(s.completion_ids) for s in explored)
+        self.stats["scored_samples"] = self.stats.get("scored_samples", 0) + len(explored)  # the probe's not counted
         self.stats["dropped_unscored"] = self.pool.unscored()
         return [s.reward for s in explored if s.reward is not None]
 
@@ -630,10 +628,6 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     cfg = from_dict_for_task(QuarkConfig, hparams, task.name, "methods/quark/method.yaml")
     if cfg.reward_token_lr_scale != 1.0 and cfg.lora is not None:
         raise SuiteError("methods/quark/method.yaml: reward_token_lr_scale works on full fine-tuning, not under lora")
-    for key, allowed in (("unlikelihood_level", ("sequence", "token")), ("token_position", ("start", "end"))):
-        if getattr(cfg, key) not in allowed:
-            raise SuiteError(f"methods/quark/method.yaml: {key} must be {' or '.join(map(repr, allowed))}, "
-                             f"not {getattr(cfg, key)!r}")  # fmt: skip
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()
 
 

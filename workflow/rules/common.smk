@@ -1,6 +1,7 @@
 # Config validation, method discovery and the helpers every rule file uses.
 import ast
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -69,7 +70,14 @@ METHODS = discover_methods()
 # must write {R}/{task}/<name>/seed{seed}/model.json and train.benchmark.tsv; the generic train rule leaves it alone.
 METHOD_RULES = {m: str(Path(workflow.basedir, "methods", m, "rules.smk")) for m in METHODS
                 if Path(workflow.basedir, "methods", m, "rules.smk").is_file()}  # fmt: skip
-GENERIC_TRAIN = "|".join(m for m in METHODS if m not in METHOD_RULES) or "(?!)"
+# A budget row, <method>-x<k>, trains its own model with method.yaml's `budget_keys` (the hyperparameters that set
+# how many scored samples training draws) multiplied by k: the budget curve's rows.
+BUDGET_VARIANT = re.compile(r"x([1-9][0-9]*)")
+for _m, _spec in METHODS.items():
+    if _spec.get("budget_keys") and _m in METHOD_RULES:
+        fail(f"methods/{_m}/method.yaml: budget_keys need the generic train rule, and {_m} ships rules.smk")
+GENERIC_TRAIN = "|".join([m for m in METHODS if m not in METHOD_RULES] +
+                         [f"{m}-x[1-9][0-9]*" for m in METHODS if METHODS[m].get("budget_keys")]) or "(?!)"  # fmt: skip
 PROFILE = config["profile"]
 GPUS = int(config["device"].startswith("cuda"))  # the `gpu` resource of every rule that loads a model
 R = f"{config['results_dir'].rstrip('/')}/{PROFILE}"
@@ -162,12 +170,35 @@ def split_row(row):
     return method, (variant or None)
 
 
-for row in config["methods"]:
+def variant_spec(row):
+    """What a row's variant changes: method.yaml's `variants` entry (a name, `generate` options), or, for a budget
+    row <method>-x<k>, the multiple k of the method's budget ({} for a method's own row)."""
     method, variant = split_row(row)
-    if method not in METHODS:
-        fail(f"{CONFIG_FILES}: unknown method '{method}' (found in methods/: {', '.join(METHODS)})")
-    if variant and variant not in (METHODS[method].get("variants") or {}):
-        fail(f"{CONFIG_FILES}: method '{method}' has no variant '{variant}' in methods/{method}/method.yaml")
+    if variant is None:
+        return {}
+    budget = BUDGET_VARIANT.fullmatch(variant)
+    if budget and METHODS[method].get("budget_keys"):
+        return {"name": f"{METHODS[method]['name']} ({budget[1]}× budget)", "budget": int(budget[1])}
+    return (METHODS[method].get("variants") or {})[variant]
+
+
+def trained_as(row):
+    """The training run whose model a row samples from: a budget row's own, any other row's method's."""
+    return row if "budget" in variant_spec(row) else split_row(row)[0]
+
+
+def check_rows(rows, source):
+    for row in rows:
+        method, variant = split_row(row)
+        if method not in METHODS:
+            fail(f"{source}: unknown method '{method}' (found in methods/: {', '.join(METHODS)})")
+        budget = variant and BUDGET_VARIANT.fullmatch(variant) and METHODS[method].get("budget_keys")
+        if variant and not budget and variant not in (METHODS[method].get("variants") or {}):
+            fail(f"{source}: method '{method}' has no variant '{variant}' in methods/{method}/method.yaml"
+                 + (f" (nor budget_keys for a budget row)" if BUDGET_VARIANT.fullmatch(variant) else ""))  # fmt: skip
+
+
+check_rows(config["methods"], CONFIG_FILES)
 
 
 def rows_for(task):
@@ -189,10 +220,22 @@ def hparams(method, task=None):
     return merged
 
 
+def run_hparams(run, task):
+    """A training run's hyperparameters: its method's (`hparams`), with a budget row's `budget_keys` scaled."""
+    method, _ = split_row(run)
+    merged = hparams(method, task)
+    k = variant_spec(run).get("budget")
+    for key in METHODS[method].get("budget_keys", []) if k else []:
+        if key not in merged:
+            fail(f"methods/{method}/method.yaml: budget key '{key}' has no value in the {PROFILE} profile")
+        merged[key] = merged[key] * k
+    return merged
+
+
 def display_name(row):
     method, variant = split_row(row)
     if variant:
-        return METHODS[method]["variants"][variant].get("name", f"{METHODS[method]['name']} ({variant})")
+        return variant_spec(row).get("name", f"{METHODS[method]['name']} ({variant})")
     return METHODS[method]["name"]
 
 

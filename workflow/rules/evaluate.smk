@@ -24,7 +24,7 @@ rule evaluate:
 rule aggregate_seeds:
     input:
         metrics=expand(f"{R}/{{{{task}}}}/{{{{row}}}}/seed{{seed}}/metrics.json", seed=SEEDS),
-        train=lambda w: expand(f"{R}/{w.task}/{split_row(w.row)[0]}/seed{{seed}}/train.benchmark.tsv", seed=SEEDS),
+        train=lambda w: expand(f"{R}/{w.task}/{trained_as(w.row)}/seed{{seed}}/train.benchmark.tsv", seed=SEEDS),
         generate=expand(f"{R}/{{{{task}}}}/{{{{row}}}}/seed{{seed}}/generate.benchmark.tsv", seed=SEEDS),
     output:
         f"{R}/{{task}}/{{row}}/metrics.json",

@@ -3,13 +3,13 @@
 
 rule generate:
     input:
-        model=lambda w: f"{R}/{w.task}/{split_row(w.row)[0]}/seed{w.seed}/model.json",
+        model=lambda w: f"{R}/{w.task}/{trained_as(w.row)}/seed{w.seed}/model.json",
         prompts=f"{R}/data/{{task}}/eval.jsonl",
     output:
         f"{R}/{{task}}/{{row}}/seed{{seed}}/generations.jsonl",
     params:
         method=lambda w: split_row(w.row)[0],
-        variant=lambda w: (METHODS[split_row(w.row)[0]].get("variants") or {}).get(split_row(w.row)[1] or "", {}).get("generate", {}),
+        variant=lambda w: variant_spec(w.row).get("generate", {}),
         eval=lambda w: eval_settings(w.task),
         device=config["device"],
     threads: heavy_threads()

@@ -14,3 +14,29 @@ rule table:
         profile=PROFILE,
     script:
         "../scripts/report.py"
+
+
+# `snakemake budget_curve`: the config's budget_curve methods trained at each multiple of their scored-sample budget
+# (budget rows <method>-x<k>; x1 is the method's own row), their plotted metrics against scored samples and against
+# training minutes: the paper's learning curve, in miniature.
+BUDGET = config["budget_curve"]
+BUDGET_ROWS = [(m, k, m if k == 1 else f"{m}-x{k}") for m in BUDGET["methods"] for k in BUDGET["budgets"]]
+if BUDGET["task"] not in KNOWN_TASKS:
+    fail(f"{CONFIG_FILES}: budget_curve.task: unknown task '{BUDGET['task']}'")
+check_rows([row for _, _, row in BUDGET_ROWS], f"{CONFIG_FILES}: budget_curve")
+
+
+rule budget_curve:
+    input:
+        rows=[f"{R}/{BUDGET['task']}/{row}/metrics.json" for _, _, row in BUDGET_ROWS],
+    output:
+        md=f"{R}/{BUDGET['task']}/budget_curve.md",
+        csv=f"{R}/{BUDGET['task']}/budget_curve.csv",
+        png=report(f"{R}/{BUDGET['task']}/budget_curve.png", category=BUDGET["task"], caption="../report/budget_curve.rst"),
+    params:
+        names=[METHODS[m]["name"] for m, _, _ in BUDGET_ROWS],
+        budgets=[k for _, k, _ in BUDGET_ROWS],
+        task=BUDGET["task"],
+        profile=PROFILE,
+    script:
+        "../scripts/budget_curve.py"

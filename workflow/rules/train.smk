@@ -1,4 +1,5 @@
-# Train (task, method, seed): the method's train() writes its model; model.json points at it.
+# Train (task, run, seed): the method's train() writes its model; model.json points at it. A run is a method, or a
+# budget row of one (<method>-x<k>: common.smk, run_hparams).
 
 
 rule train:
@@ -7,11 +8,12 @@ rule train:
         prompts=f"{R}/data/{{task}}/train.jsonl",
         corpus=f"{R}/data/{{task}}/corpus.jsonl",
     output:
-        f"{R}/{{task}}/{{method}}/seed{{seed}}/model.json",
+        f"{R}/{{task}}/{{run}}/seed{{seed}}/model.json",
     wildcard_constraints:
-        method=GENERIC_TRAIN,
+        run=GENERIC_TRAIN,
     params:
-        hparams=lambda w: hparams(w.method, w.task),
+        method=lambda w: split_row(w.run)[0],
+        hparams=lambda w: run_hparams(w.run, w.task),
         reward=lambda w: config["reward"][w.task],
         sampling=lambda w: train_sampling(w.task),
         device=config["device"],
@@ -20,6 +22,6 @@ rule train:
         mem_mb=12000,
         gpu=GPUS,
     benchmark:
-        f"{R}/{{task}}/{{method}}/seed{{seed}}/train.benchmark.tsv"
+        f"{R}/{{task}}/{{run}}/seed{{seed}}/train.benchmark.tsv"
     script:
         "../scripts/train.py"

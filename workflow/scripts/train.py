@@ -16,12 +16,12 @@ from methods.common.errors import SuiteError  # noqa: E402
 
 def run(sm):
     out_dir = Path(sm.output[0]).parent
-    job = {"method": sm.wildcards.method, "task": sm.wildcards.task, "prompts": sm.input.prompts,
+    job = {"method": sm.params.method, "task": sm.wildcards.task, "prompts": sm.input.prompts,
            "corpus": sm.input.corpus, "base": sm.input.base, "reward": dict(sm.params.reward),
            "sampling": dict(sm.params.sampling), "hparams": dict(sm.params.hparams), "seed": int(sm.wildcards.seed),
            "device": sm.params.device, "out_dir": str(out_dir)}  # fmt: skip
     launcher = os.environ.get("SUITE_LAUNCHER")  # e.g. "accelerate launch --config_file workflow/accelerate/ddp.yaml"
-    if launcher and sm.wildcards.method in LAUNCHABLE:
+    if launcher and sm.params.method in LAUNCHABLE:
         write_json(out_dir / "job.json", job)
         launched = subprocess.run(
             [*shlex.split(launcher), str(Path(sm.scriptdir) / "train_job.py"), str(out_dir / "job.json")]
@@ -33,7 +33,7 @@ def run(sm):
         model_dir = json.loads((out_dir / "launched.json").read_text())["model_dir"]
     else:
         model_dir = run_job(job)
-    write_json(sm.output[0], {"model_dir": str(model_dir), "method": sm.wildcards.method, "seed": int(sm.wildcards.seed),
+    write_json(sm.output[0], {"model_dir": str(model_dir), "method": sm.params.method, "seed": int(sm.wildcards.seed),
                               "hparams": dict(sm.params.hparams)})  # fmt: skip
     print(json.dumps({"model_dir": str(model_dir)}))
 
