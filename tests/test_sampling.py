@@ -7,7 +7,7 @@ from scipy.stats import chisquare
 from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
 from methods.common.data import Prompt, read_jsonl
-from methods.common.sampling import Sampling, _trim, sample, sample_generate
+from methods.common.sampling import Sampling, _draw, _trim, sample, sample_generate
 from methods.quark import quark
 
 
@@ -153,3 +153,9 @@ def test_extra_processor_is_applied_to_every_step(tiny):
     widths = [ids.shape[1] for ids in ban.calls]
     assert widths == list(range(4, 10))  # all ids so far: left-padded prompts, then one more token a step
     assert all(torch.equal(a, b[:, :-1]) for a, b in zip(ban.calls, ban.calls[1:]))
+
+
+def test_the_most_likely_token_is_always_in_the_nucleus():
+    scores = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    assert torch.equal(_draw(scores, 1e-9), scores.argmax(-1))

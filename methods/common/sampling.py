@@ -187,10 +187,14 @@ def _draw(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     A token is drawn by inverse CDF from the unfiltered distribution and drawn again while it falls outside the
     nucleus: rejection leaves exactly the renormalised nucleus, and a row is redrawn with probability at most
     1 - top_p. The nucleus test is the warper's: a token is out when the mass of the tokens no more likely than it
-    is at most 1 - top_p (in fp32, as the warper compares), so only ties at the boundary can be told apart.
+    is at most 1 - top_p (in fp32, as the warper compares), the most likely token always in; only ties at the
+    boundary can be told apart.
     """
     probs = scores.softmax(-1)
     cdf = probs.cumsum(-1, dtype=torch.float64)  # fp64 so that rare tokens keep their odds
+    if cdf[:, -1].isnan().any():
+        raise ValueError("sampling: a row's scores are all -inf or NaN (a logits processor removed every token)")
+    top = probs.amax(-1)
     tokens = torch.empty(len(probs), dtype=torch.long, device=probs.device)
     rows = torch.arange(len(probs), device=probs.device)
     while len(rows):
@@ -200,8 +204,9 @@ def _draw(scores: torch.Tensor, top_p: float) -> torch.Tensor:
         drawn = drawn.clamp(max=probs.shape[1] - 1)
         if top_p < 1.0:
             p = probs[rows]
-            below = (p * (p <= p.gather(1, drawn[:, None]))).sum(-1, dtype=torch.float64).float()
-            ok &= below > 1 - top_p
+            p_drawn = p.gather(1, drawn[:, None])
+            below = (p * (p <= p_drawn)).sum(-1, dtype=torch.float64).float()
+            ok &= (below > 1 - top_p) | (p_drawn.squeeze(1) == top[rows])
         tokens[rows[ok]] = drawn[ok]
         rows = rows[~ok]
     return tokens
