@@ -145,7 +145,16 @@ def sample(
     return out
 
 
-def _decode(model, ids, mask, sampling: Sampling, eos: int | None, pad: int, suppress_ids, processors) -> torch.Tensor:
+def _decode(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    sampling: Sampling,
+    eos: int | None,
+    pad: int,
+    suppress_ids: list[int] | None,
+    processors: list,
+) -> torch.Tensor:
     """The generated ids [B, <= max_new_tokens] after left-padded prompts `ids` [B, P]; pad after a row's EOS."""
     P = ids.shape[1]
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate(): a pad sits at position 0
