@@ -128,8 +128,9 @@ def sample(
 ) -> list[list[int]]:
     """Sample one completion per prefix; returns the sampled token ids, never re-tokenised text.
 
-    Draws from the distribution `sample_generate` (model.generate()) draws from, about twice as fast on a CPU
-    (workflow/scripts/bench.py): the same forward passes with a KV cache, but no sort of the vocabulary for top-p.
+    Draws from the distribution `sample_generate` (model.generate()) draws from, with the same forward passes, but
+    without generate()'s top-p sort of the vocabulary and multinomial noise over it, which on a CPU cost about as much
+    as the mini model's forward pass at batch 64 (workflow/scripts/bench.py measures the difference).
     Scores go through generate()'s order: EOS suppressed before `min_new_tokens`, `suppress_ids` suppressed, then
     `logits_processor` (transformers `LogitsProcessor`s, called with all ids so far), then temperature and top-p.
     Decoding-time methods (DExperts, GeDi, NADO) plug in there and so see unfiltered, untempered scores; a method
