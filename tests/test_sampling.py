@@ -1,9 +1,13 @@
+import copy
 import json
+from collections import Counter
 
 import torch
+from scipy.stats import chisquare
+from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
 from methods.common.data import Prompt, read_jsonl
-from methods.common.sampling import Sampling, _trim, sample
+from methods.common.sampling import Sampling, _draw, _trim, sample, sample_generate
 from methods.quark import quark
 
 
@@ -63,3 +67,95 @@ def test_generation_conditions_on_the_chosen_quantile(tiny, tmp_path, monkeypatc
         ("b", 2),
     ]
     assert all(r["token_ids"] == [1, 2] for r in records)
+
+
+class _Ban(LogitsProcessor):
+    """Bans one token and records the ids it is called with."""
+
+    def __init__(self, token: int):
+        self.token, self.calls = token, []
+
+    def __call__(self, input_ids, scores):
+        self.calls.append(input_ids.clone())
+        return scores.index_fill(1, torch.tensor([self.token]), -float("inf"))
+
+
+class _EosAfterEven(LogitsProcessor):
+    """Forces EOS after an even token where EOS is allowed, so that rows end at different steps."""
+
+    def __init__(self, eos: int):
+        self.eos = eos
+
+    def __call__(self, input_ids, scores):
+        scores[(input_ids[:, -1] % 2 == 0) & scores[:, self.eos].isfinite(), self.eos] = 1e4
+        return scores
+
+
+def test_greedy_matches_generate(tiny):
+    path, tokenizer, model = tiny
+    prefixes = [[5, 6, 7], [9], [11, 12, 13, 14, 15, 16], [20, 21], [30, 31, 32, 33], [40]]
+    for extra in ([], [_EosAfterEven(tokenizer.eos_token_id)]):
+        sampling = Sampling(max_new_tokens=8, min_new_tokens=3, do_sample=False, top_p=1.0, batch_size=4)
+        args = (model, tokenizer, prefixes, sampling, [50, 51, 52])
+        fast, reference = sample(*args, logits_processor=extra), sample_generate(*args, logits_processor=extra)
+        assert fast == reference
+        assert all(len(c) >= 3 for c in fast) and not any(t in (50, 51, 52) for c in fast for t in c)
+    assert len({len(c) for c in fast}) > 1  # EOS ended rows at different steps
+
+
+def _peaked(tiny):
+    """The tiny model with its logits scaled up, so that top-p keeps a few dozen tokens of clearly unequal odds."""
+    path, tokenizer, model = tiny
+    peaked = copy.deepcopy(model)
+    peaked.model.norm.weight.data *= 8.0
+    return tokenizer, peaked
+
+
+def test_nucleus_frequencies_match_generates_distribution(tiny):
+    tokenizer, model = _peaked(tiny)
+    prompt, top_p, temperature, n = [5, 6, 7, 8], 0.8, 0.7, 40_000
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[:, -1].float()
+    scaled = TemperatureLogitsWarper(temperature)(None, logits)
+    probs = TopPLogitsWarper(top_p)(None, scaled).softmax(-1)[0].double()  # what generate() draws from
+    nucleus = probs.nonzero().squeeze(1)
+    expected = n * probs[nucleus] / probs[nucleus].sum()
+    assert 10 < len(nucleus) < 200 and expected.min() > 50
+
+    torch.manual_seed(0)
+    tokens = sample(model, tokenizer, [prompt] * n, Sampling(max_new_tokens=1, top_p=top_p, temperature=temperature,
+                                                            batch_size=n // 4))  # fmt: skip
+    counts = torch.bincount(torch.tensor([c[0] for c in tokens]), minlength=len(probs)).double()
+    assert counts.sum() == n and counts[probs == 0].sum() == 0
+    assert chisquare(counts[nucleus], expected).pvalue > 1e-3
+
+    # a nucleus one token short fails the chi-square even at its expected counts; one token long draws outside
+    full = scaled[0].softmax(-1).double()
+    order = full.argsort(descending=True)
+    assert set(order[: len(nucleus)].tolist()) == set(nucleus.tolist())
+    short = torch.zeros_like(full)
+    short[order[: len(nucleus) - 1]] = full[order[: len(nucleus) - 1]]
+    assert chisquare(n * short[nucleus] / short.sum(), expected).pvalue < 1e-6
+    assert n * full[order[len(nucleus)]] / full[order[: len(nucleus) + 1]].sum() > 20
+
+
+def test_extra_processor_is_applied_to_every_step(tiny):
+    tokenizer, model = _peaked(tiny)
+    prompts = [[5, 6, 7, 8], [9, 10]] * 50
+    sampling = Sampling(max_new_tokens=6, min_new_tokens=6, top_p=0.9, temperature=0.8, batch_size=100)
+    torch.manual_seed(0)
+    free = sample(model, tokenizer, prompts, sampling)
+    favourite = Counter(t for c in free for t in c).most_common(1)[0][0]
+    ban = _Ban(favourite)
+    torch.manual_seed(0)
+    banned = sample(model, tokenizer, prompts, sampling, logits_processor=[ban])
+    assert not any(favourite in c for c in banned) and all(len(c) == 6 for c in banned)
+    widths = [ids.shape[1] for ids in ban.calls]
+    assert widths == list(range(4, 10))  # all ids so far: left-padded prompts, then one more token a step
+    assert all(torch.equal(a, b[:, :-1]) for a, b in zip(ban.calls, ban.calls[1:]))
+
+
+def test_the_most_likely_token_is_always_in_the_nucleus():
+    scores = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    assert torch.equal(_draw(scores, 1e-9), scores.argmax(-1))

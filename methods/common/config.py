@@ -19,7 +19,7 @@ def native_bf16() -> bool:
     """Whether bfloat16 autocast runs natively here: a CUDA GPU with bf16, else a CPU with AVX-512 BF16 or AMX.
 
     Elsewhere (an AVX2 CPU, say) oneDNN emulates it: sampling SmolLM2-135M took 3.3x as long as in fp32 on a 2-core
-    AMD EPYC without AVX-512 (workflow/scripts/bench_bf16.py).
+    AMD EPYC without AVX-512 (workflow/scripts/bench.py).
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()

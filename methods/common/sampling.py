@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,17 @@ def _trim(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
     return ids
 
 
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as generate() takes them: [left pad | prompt] ids and their attention mask, both [B, P]."""
+    width = max(len(p) for p in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(batch):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -111,10 +128,112 @@ def sample(
 ) -> list[list[int]]:
     """Sample one completion per prefix; returns the sampled token ids, never re-tokenised text.
 
-    `logits_processor` (transformers `LogitsProcessor`s) runs after generate()'s own processors (reward-token
-    suppression, temperature, top-p), on the already filtered scores: decoding-time methods (DExperts, GeDi, NADO)
-    plug in there. A method that must filter after its own reweighting passes top_p=1.0 and filters itself.
+    Draws from the distribution `sample_generate` (model.generate()) draws from, with the same forward passes, but
+    without generate()'s top-p sort of the vocabulary and multinomial noise over it, which on a CPU cost about as much
+    as the mini model's forward pass at batch 64 (workflow/scripts/bench.py measures the difference).
+    Scores go through generate()'s order: EOS suppressed before `min_new_tokens`, `suppress_ids` suppressed, then
+    `logits_processor` (transformers `LogitsProcessor`s, called with all ids so far), then temperature and top-p.
+    Decoding-time methods (DExperts, GeDi, NADO) plug in there and so see unfiltered, untempered scores; a method
+    that must filter after its own reweighting passes top_p=1.0 and temperature 1.0 and does both itself.
     """
+    device = next(model.parameters()).device
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    out: list[list[int]] = []
+    for start in tqdm(range(0, len(prefixes), sampling.batch_size), desc=desc, unit="batch", leave=False):
+        ids, mask = _left_pad(prefixes[start : start + sampling.batch_size], pad)
+        new = _decode(model, ids.to(device), mask.to(device), sampling, eos, pad, suppress_ids, logits_processor or [])
+        out.extend(_trim(row, eos, pad) for row in new.tolist())
+    return out
+
+
+def _decode(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    sampling: Sampling,
+    eos: int | None,
+    pad: int,
+    suppress_ids: list[int] | None,
+    processors: list,
+) -> torch.Tensor:
+    """The generated ids [B, <= max_new_tokens] after left-padded prompts `ids` [B, P]; pad after a row's EOS."""
+    P = ids.shape[1]
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate(): a pad sits at position 0
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    step_inputs = dict(input_ids=ids, attention_mask=mask, position_ids=positions)
+    suppress = torch.tensor(suppress_ids or [], dtype=torch.long, device=ids.device)
+    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    for step in range(sampling.max_new_tokens):
+        logits = model(**step_inputs, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        scores = logits.float()  # [B, V]; a copy only under bf16 autocast, where generate() also scores in fp32
+        if eos is not None and step < sampling.min_new_tokens:
+            scores[:, eos] = -float("inf")
+        if len(suppress):
+            scores.index_fill_(1, suppress, -float("inf"))
+        for processor in processors:
+            scores = processor(ids, scores)
+        if sampling.do_sample:
+            if sampling.temperature != 1.0:
+                scores = scores / sampling.temperature
+            tokens = _draw(scores, sampling.top_p)
+        else:
+            tokens = scores.argmax(-1)
+        tokens = tokens.masked_fill(done, pad)
+        ids = torch.cat([ids, tokens[:, None]], dim=1)
+        if eos is not None:
+            done |= tokens == eos
+            if done.all():
+                break
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        step_inputs = dict(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions)
+    return ids[:, P:]
+
+
+def _draw(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """One token per row of `scores` [B, V] from softmax(scores) restricted to the top-p nucleus, as
+    TopPLogitsWarper and torch.multinomial in generate(), without their sort and noise over the whole vocabulary.
+
+    A token is drawn by inverse CDF from the unfiltered distribution and drawn again while it falls outside the
+    nucleus: rejection leaves exactly the renormalised nucleus, and a row is redrawn with probability at most
+    1 - top_p. The nucleus test is the warper's: a token is out when the mass of the tokens no more likely than it
+    is at most 1 - top_p (compared in fp32, as the warper does), the most likely token always in. The mass is summed
+    in fp64: an fp32 softmax over 49k tokens in vocabulary order is off by ~1e-6, which moved the boundary token
+    in 2 of 384 rows of the mini model at top_p 0.95, where the warper's sorted one agrees with fp64.
+    """
+    probs = scores.softmax(-1, dtype=torch.float64)
+    cdf = probs.cumsum(-1)
+    if cdf[:, -1].isnan().any():
+        raise ValueError("sampling: a row's scores are all -inf or NaN (a logits processor removed every token)")
+    top = probs.amax(-1)
+    tokens = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+    rows = torch.arange(len(probs), device=probs.device)
+    while len(rows):
+        u = torch.rand(len(rows), 1, dtype=torch.float64, device=probs.device) * cdf[rows, -1:]
+        drawn = torch.searchsorted(cdf[rows], u, right=True).squeeze(1)
+        ok = drawn < probs.shape[1]  # u rounded up to the total: draw again
+        drawn = drawn.clamp(max=probs.shape[1] - 1)
+        if top_p < 1.0:
+            p = probs[rows]
+            p_drawn = p.gather(1, drawn[:, None])
+            below = (p * (p <= p_drawn)).sum(-1).float()
+            ok &= (below > 1 - top_p) | (p_drawn.squeeze(1) == top[rows])
+        tokens[rows[ok]] = drawn[ok]
+        rows = rows[~ok]
+    return tokens
+
+
+@torch.no_grad()
+def sample_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prefixes: list[list[int]],
+    sampling: Sampling,
+    suppress_ids: list[int] | None = None,
+    desc: str = "sampling",
+    logits_processor: list | None = None,
+) -> list[list[int]]:
+    """`sample` through model.generate(): the reference it is tested and benchmarked against."""
     config = GenerationConfig(
         do_sample=sampling.do_sample,
         top_p=sampling.top_p if sampling.do_sample else None,
@@ -129,16 +248,10 @@ def sample(
     device = next(model.parameters()).device
     out: list[list[int]] = []
     for start in tqdm(range(0, len(prefixes), sampling.batch_size), desc=desc, unit="batch", leave=False):
-        batch = prefixes[start : start + sampling.batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
+        ids, mask = _left_pad(prefixes[start : start + sampling.batch_size], tokenizer.pad_token_id)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                              logits_processor=LogitsProcessorList(logits_processor or []))  # fmt: skip
-        for row in gen[:, width:].tolist():
+        for row in gen[:, ids.shape[1] :].tolist():
             out.append(_trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id))
     return out
 

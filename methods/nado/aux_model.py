@@ -422,10 +422,10 @@ def fit_aux(
 class NadoLogitsProcessor(LogitsProcessor):
     """Turns the model's next-token scores into log q* = log p + alpha log R, then applies top-p to q*.
 
-    Runs inside generate() after its own processors, which therefore must not filter (pass top_p=1.0). R keeps its
-    own key-value cache across the steps of one generate() call. Its attention mask is rebuilt the way
-    `sampling.sample` builds generate()'s: left padding is the run of pad tokens at the start of a row (pad == EOS),
-    and every generated token counts, as in generate().
+    Runs inside `sampling.sample` after its EOS and reward-token suppression and before its temperature and top-p,
+    which therefore must stay off (pass top_p=1.0). R keeps its own key-value cache across the steps of one batch.
+    Its attention mask is rebuilt the way `sampling.sample` builds the base model's: left padding is the run of pad
+    tokens at the start of a row (pad == EOS), and every generated token counts, as in generate().
     """
 
     def __init__(self, aux: AuxModel, pad_id: int, top_p: float = 1.0, alpha: float = 1.0):
