@@ -123,8 +123,9 @@ def sample_job(task: Task, model_dir: Path, out_path: Path, cfg: AcfConfig, *, s
 def fit_r_job(samples: Path, init: Path | None, base_model: Path, sampler: Path, out_dir: Path, cfg: AcfConfig, *,
               seed: int, device: str, desc: str) -> dict:  # fmt: skip
     """R_i from R_{i-1} (or a fresh R) on one round's samples; the sampler LM is loaded for the consistency term
-    and R's AUCs on the round's probe samples."""
-    sampler_model = load_model(sampler, device)[0] if cfg.consistency_coef or cfg.r_probe_prompts else None
+    only, the base model for R's AUCs on the round's probe samples (q* with the base model as its anchor)."""
+    sampler_model = load_model(sampler, device)[0] if cfg.consistency_coef else None
+    anchor = load_model(base_model, device)[0] if cfg.r_probe_prompts else None
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     data = read_samples(samples)
@@ -132,7 +133,7 @@ def fit_r_job(samples: Path, init: Path | None, base_model: Path, sampler: Path,
         aux = AuxModel.from_base(base_model, cfg.r_layers, device, base_rate(data, cfg.label_threshold))
     else:
         aux = AuxModel.load(init, device)
-    stats = fit_aux(aux, data, cfg, pad_id, sampler=sampler_model, seed=seed, desc=desc)
+    stats = fit_aux(aux, data, cfg, pad_id, sampler=sampler_model, anchor=anchor, seed=seed, desc=desc)
     aux.save(out_dir)
     return stats
 

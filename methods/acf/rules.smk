@@ -33,11 +33,13 @@ def acf_rounds(w):
 
 
 def acf_threads(kind):
-    """Jobs that run side by side split the cores (the LM job, the heaviest, takes the remainder); a lone job takes all."""
+    """Jobs that run side by side split the cores (the LM job, the heaviest, takes the remainder), one core at least
+    each (with fewer cores than jobs, Snakemake runs them in turn); a lone job takes all."""
 
     def threads(w):
         n = acf_schedule(w).concurrent(int(w.i))
-        return workflow.cores - (n - 1) * (workflow.cores // n) if kind == "lm" else workflow.cores // n
+        share = max(1, workflow.cores // n)
+        return max(1, workflow.cores - (n - 1) * share) if kind == "lm" else share
 
     return threads
 

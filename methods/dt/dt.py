@@ -26,7 +26,7 @@ from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.lm import LMSchedule, target_nll, train_lm
 from methods.common.models import encode_prompts, load_model, read_meta
-from methods.common.probe import ProbeSample, controllability
+from methods.common.probe import ProbeSample, controllability, held_out_prompts
 from methods.common.rollout import sample_and_score
 from methods.common.sampling import Sampling
 from methods.common.task import Task
@@ -34,6 +34,7 @@ from methods.common.tokens import add_control_tokens
 
 SOURCE = "methods/dt/method.yaml"
 META_FILE = "dt.json"
+PROBE_KEY = 1  # seeds the choice of the probe prompts, with the run's seed
 
 
 @dataclass
@@ -99,9 +100,7 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
 
     prompts = [p.text for p in task.train_prompts]
     prompt_ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-    if cfg.probe_prompts >= len(prompts):
-        raise SuiteError(f"{SOURCE}: probe_prompts {cfg.probe_prompts} leaves none of the {len(prompts)} prompts")
-    held_out = set(np.random.default_rng([seed, 1]).permutation(len(prompts))[: cfg.probe_prompts].tolist())
+    held_out = set(held_out_prompts(len(prompts), cfg.probe_prompts, seed, PROBE_KEY))
     trained = [i for i in range(len(prompts)) if i not in held_out]
     chosen = [trained[i] for i in draw_prompts(len(trained), cfg, rng)]
     sampling = dataclasses.replace(task.sampling, top_p=cfg.explore_top_p, do_sample=True,

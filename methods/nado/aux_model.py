@@ -38,7 +38,6 @@ from transformers import (
     LogitsProcessor,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    TopPLogitsWarper,
     get_linear_schedule_with_warmup,
 )
 from transformers.utils import logging as hf_logging
@@ -364,13 +363,14 @@ def fit_aux(
     pad_id: int,
     *,
     sampler: PreTrainedModel | None = None,
+    anchor: PreTrainedModel | None = None,
     seed: int = 0,
     desc: str = "training R",
 ) -> dict[str, float]:
-    """Train R on labelled samples (AdamW, linear warm-up and decay); `sampler` is the model they came from.
-
-    The sampler is needed for the consistency term and for R's AUCs on the probe samples (`r_auc`), which R never
-    trains on. Returns the first- and last-tenth means of the loss terms, and the AUCs.
+    """Train R on labelled samples (AdamW, linear warm-up and decay); `sampler` is the model they came from, needed
+    for the consistency term only. With `anchor`, the model q* reweights (the base model), R's AUCs on the probe
+    samples, which it never trains on, are measured after training (`r_auc`). Returns the first- and last-tenth
+    means of the loss terms, and the AUCs.
     """
     device = str(next(aux.parameters()).device)
     samples, probe = split_probe(samples)
@@ -414,23 +414,22 @@ def fit_aux(
     out = {f"{k}_first": float(np.mean([h[k] for h in history[:tenth]])) for k in history[0]} if history else {}
     out |= {f"{k}_last": float(np.mean([h[k] for h in history[-tenth:]])) for k in history[0]} if history else {}
     out |= {"r_steps": cfg.r_steps, "r_seconds": seconds, "label_mean": float(labels.mean())}
-    if probe and sampler is not None:
-        out |= r_auc(aux, sampler, probe, pad_id)
+    if probe and anchor is not None:
+        out |= r_auc(aux, anchor, probe, pad_id)
     return out
 
 
 class NadoLogitsProcessor(LogitsProcessor):
-    """Turns the model's next-token scores into log q* = log p + alpha log R, then applies top-p to q*.
+    """Turns the model's next-token scores into log q* = log p + alpha log R.
 
     Runs inside `sampling.sample` after its EOS and reward-token suppression and before its temperature and top-p,
-    which therefore must stay off (pass top_p=1.0). R keeps its own key-value cache across the steps of one batch.
+    so the nucleus is q*'s, as in NADO. R keeps its own key-value cache across the steps of one batch.
     Its attention mask is rebuilt the way `sampling.sample` builds the base model's: left padding is the run of pad
     tokens at the start of a row (pad == EOS), and every generated token counts, as in generate().
     """
 
-    def __init__(self, aux: AuxModel, pad_id: int, top_p: float = 1.0, alpha: float = 1.0):
+    def __init__(self, aux: AuxModel, pad_id: int, alpha: float = 1.0):
         self.aux, self.pad_id, self.alpha = aux, pad_id, alpha
-        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
         self._ids = self._mask = self._cache = None
 
     @torch.no_grad()
@@ -449,5 +448,4 @@ class NadoLogitsProcessor(LogitsProcessor):
         return logits[:, -1]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        logq = target_logprobs(scores, self.r_logits(input_ids), self.alpha)
-        return self.top_p(input_ids, logq) if self.top_p is not None else logq
+        return target_logprobs(scores, self.r_logits(input_ids), self.alpha)

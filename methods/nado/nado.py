@@ -8,7 +8,7 @@ generate  decode from q*(v | x<t) ∝ p(v | x<t) R(x<t, v)^alpha, top-p applied 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
                                             desc="sampling from the base model", probe_seed=seed)  # fmt: skip
     write_jsonl(out_dir / "samples.jsonl", samples)
     aux = AuxModel.from_base(base_model, cfg.r_layers, device, base_rate(samples, cfg.label_threshold))
-    r_stats = fit_aux(aux, samples, cfg, tokenizer.pad_token_id, sampler=base, seed=seed)
+    r_stats = fit_aux(aux, samples, cfg, tokenizer.pad_token_id, sampler=base, anchor=base, seed=seed)
     aux.save(model_dir)
     write_json(model_dir / META_FILE, {"base_model": str(base_model), "alpha": cfg.alpha, "config": asdict(cfg)})
 
@@ -80,8 +80,6 @@ def generate(
     meta = read_meta(model_dir, META_FILE, "NADO")
     base, tokenizer = load_model(meta["base_model"], device)
     aux = AuxModel.load(model_dir, device)
-    top_p = sampling.top_p if sampling.do_sample else 1.0
-    processor = NadoLogitsProcessor(aux, tokenizer.pad_token_id, top_p, meta["alpha"] if alpha is None else alpha)
-    # generate() must not filter p before R reweights it: top-p is applied to q* inside the processor
-    generate_jsonl(base, tokenizer, prompts, num_samples, replace(sampling, top_p=1.0), out_path, seed,
-                   logits_processor=[processor])  # fmt: skip
+    processor = NadoLogitsProcessor(aux, tokenizer.pad_token_id, meta["alpha"] if alpha is None else alpha)
+    # sample() reweights by R before its top-p, so the nucleus is q*'s
+    generate_jsonl(base, tokenizer, prompts, num_samples, sampling, out_path, seed, logits_processor=[processor])

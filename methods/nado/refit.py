@@ -41,7 +41,7 @@ def main() -> None:
     base, tokenizer = load_model(meta["base_model"], "cpu")
     samples = read_samples(args.run / "samples.jsonl")
     aux = AuxModel.from_base(meta["base_model"], cfg.r_layers, "cpu", base_rate(samples, cfg.label_threshold))
-    stats = fit_aux(aux, samples, cfg, tokenizer.pad_token_id, sampler=base, seed=args.seed)
+    stats = fit_aux(aux, samples, cfg, tokenizer.pad_token_id, sampler=base, anchor=base, seed=args.seed)
     print(json.dumps({"changes": changes, **stats, "config": asdict(cfg)}))
 
 
