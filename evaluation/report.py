@@ -221,8 +221,7 @@ def write_budget_curve(task: str, rows: list[tuple[str, int, dict]], out_dir: st
         frame.to_csv(path, index=False)
     shown = frame[["method", "budget", "scored_samples", "train_minutes"]].copy()
     for k in metrics:
-        shown[labels.get(k, k)] = [_cell(r[k], None if r[f"{k}_ci_low"] is None else [r[f"{k}_ci_low"], r[f"{k}_ci_high"]],
-                                         0.0, 1) for r in records]  # fmt: skip
+        shown[labels.get(k, k)] = [_cell(m.get(k), m["ci95"].get(k), 0.0, 1) for _, _, m in rows]
     with atomic_output(out_dir / "budget_curve.md") as path:
         Path(path).write_text(shown.to_markdown(index=False, floatfmt=".1f") + "\n")
     fig, axes = plt.subplots(2, len(metrics), figsize=(3.6 * len(metrics), 6.4), squeeze=False)
@@ -230,9 +229,8 @@ def write_budget_curve(task: str, rows: list[tuple[str, int, dict]], out_dir: st
         for ax, k in zip(axes[row], metrics):
             for method, group in frame.groupby("method", sort=False):
                 group = group.sort_values("budget")
-                y = group[k].astype(float).to_numpy()
-                low, high = (np.where(np.isnan(c), y, c) for c in (group[f"{k}_ci_{e}"].astype(float).to_numpy()
-                                                                    for e in ("low", "high")))  # fmt: skip
+                y = group[k].to_numpy(float)
+                low, high = (group[f"{k}_ci_{e}"].fillna(group[k]).to_numpy(float) for e in ("low", "high"))
                 ax.errorbar(group[x].astype(float), y, yerr=[y - low, high - y], marker="o", capsize=3, label=method)
             ax.set_xlabel("scored samples" if x == "scored_samples" else "training minutes")
             ax.set_title(labels.get(k, k), fontsize=10)

@@ -235,7 +235,7 @@ def finish(task: Task, base_model: Path, out_dir: Path, cfg: AcfConfig, *, devic
              "heldout_texts": len(heldout), "wall_seconds": max(j["ended"] for j in jobs) - min(j["started"] for j in jobs),
              "job_seconds": sum(j["seconds"] for j in jobs), "parallel": cfg.parallel, "config": asdict(cfg),
              "jobs": jobs}  # fmt: skip
-    final_r = json.loads(stats_path(rounds, "r", sched.r_of(sched.lm_r(cfg.num_rounds))).read_text())
+    final_r = next(j for j in jobs if j["job"] == f"r{sched.r_of(sched.lm_r(cfg.num_rounds))}")
     stats |= {k: v for k, v in final_r.items() if k.startswith("r_auc")}
     write_json(out_dir / "train_stats.json", stats)
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:

@@ -283,9 +283,9 @@ def collect_samples(
         rollout = sample_and_score(model, tokenizer, task.reward, texts, prefixes, chosen, sampling, desc=desc)
     if not rollout.rewards:
         raise SuiteError(f"{desc}: the reward returned None for every sample")
-    probe = set(probe)
+    held_out = set(probe)
     samples = [{"prompt_id": task.train_prompts[i].id, "prompt": texts[i], "prompt_ids": prefixes[i],
-                "completion_ids": c, "text": t, "reward": r, "probe": i in probe}
+                "completion_ids": c, "text": t, "reward": r, "probe": i in held_out}
                for i, c, t, r in zip(rollout.prompt_index, rollout.completions, rollout.texts, rollout.rewards)]  # fmt: skip
     stats = {"samples": len(samples), "probe_samples": sum(s["probe"] for s in samples),
              "dropped_unscored": rollout.dropped, "mean_reward": float(np.mean(rollout.rewards)),

@@ -195,7 +195,7 @@ def check_rows(rows, source):
         budget = variant and BUDGET_VARIANT.fullmatch(variant) and METHODS[method].get("budget_keys")
         if variant and not budget and variant not in (METHODS[method].get("variants") or {}):
             fail(f"{source}: method '{method}' has no variant '{variant}' in methods/{method}/method.yaml"
-                 + (f" (nor budget_keys for a budget row)" if BUDGET_VARIANT.fullmatch(variant) else ""))  # fmt: skip
+                 + (" (nor budget_keys for a budget row)" if BUDGET_VARIANT.fullmatch(variant) else ""))  # fmt: skip
 
 
 check_rows(config["methods"], CONFIG_FILES)
