@@ -4,6 +4,9 @@
 configfile: "workflow/config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -18,7 +21,21 @@ for _method_rules in METHOD_RULES.values():
     include: _method_rules
 
 
+# Light jobs run where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    prepare_train_prompts,
+    prepare_eval_prompts,
+    aggregate_seeds,
+    table,
+    budget_curve,
+
+
 rule all:
     input:
         expand(f"{R}/{{task}}/table.{{ext}}", task=TASKS, ext=["md", "csv", "tex"]),
         expand(f"{R}/{{task}}/plot.png", task=TASKS),
+
+
+if CLUSTER and not workflow.remote_exec:
+    check_cluster_fit()

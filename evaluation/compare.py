@@ -5,12 +5,14 @@
 For every task table of the reference (or those `--tasks` names) and every method row in both, prints the
 reference value with its 95% interval and the rerun's value, and flags a rerun value outside the reference interval
 (a value without an interval, such as the count uniq, must equal the reference's; a metric the rerun lacks is flagged
-too). Exit status 1 if any is flagged.
+too). Exit status 1 if any is flagged. For each flagged row it then prints how the two runs' provenance differs
+(commit, library versions, CPU or GPU, dtype: methods/common/provenance.py), from the rows' metrics.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +49,38 @@ def compare(run_dir: Path, reference_dir: Path, tasks: list[str] | None = None) 
     return pd.DataFrame(rows)
 
 
+def _flat(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def row_provenance(task_dir: Path) -> dict[str, dict | None]:
+    """Each row's provenance (flattened, training and evaluation) by the method name its table shows."""
+    rows = {}
+    for path in task_dir.glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        rows[metrics.get("method")] = _flat(metrics["provenance"]) if metrics.get("provenance") else None
+    return rows
+
+
+def provenance_differences(run_dir: Path, reference_dir: Path, flagged: pd.DataFrame) -> list[str]:
+    """One line per flagged (task, row): what differs between the rerun's provenance and the reference's."""
+    lines = []
+    for task, method in flagged[["task", "method"]].drop_duplicates().itertuples(index=False):
+        ref, run = row_provenance(reference_dir / task).get(method), row_provenance(run_dir / task).get(method)
+        if ref is None or run is None:
+            lines.append(f"{task} / {method}: provenance not recorded in the {'reference' if ref is None else 'rerun'}")
+            continue
+        diffs = [f"{k} {ref.get(k)} -> {run.get(k)}" for k in sorted(set(ref) | set(run)) if ref.get(k) != run.get(k)]
+        lines.append(f"{task} / {method}: " + ("; ".join(diffs) if diffs else "same provenance"))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a rerun's {results_dir}/{profile}")
@@ -58,6 +92,9 @@ def main() -> None:
     flagged = int(frame["outside_ci"].sum())
     print(f"\n{flagged} of {len(frame)} values outside the reference's 95% interval")
     if flagged:
+        print("\nProvenance (reference -> rerun) of the flagged rows:")
+        for line in provenance_differences(args.run_dir, args.reference_dir, frame[frame["outside_ci"]]):
+            print(f"- {line}")
         sys.exit(1)
 
 

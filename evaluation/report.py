@@ -37,6 +37,7 @@ def aggregate_seeds(metric_files: list[str | Path], train_benchmarks: list, gene
         "peak_rss_mb": float(np.nanmax([b["max_rss_mb"] for b in train + gen])),
     }
     out["train_stats"] = _train_stats(train_benchmarks)
+    out["provenance"] = _provenance(train_benchmarks, per_seed)
     out["seeds"] = per_seed
     return out
 
@@ -73,6 +74,13 @@ def _train_stats(train_benchmarks: list) -> dict:
         json.loads(p.read_text()) for b in train_benchmarks if (p := Path(b).with_name("train_stats.json")).is_file()
     ]
     return {k: float(f([s[k] for s in stats])) for k, f in TRAIN_STATS.items() if stats and all(k in s for s in stats)}
+
+
+def _provenance(train_benchmarks: list, per_seed: list[dict]) -> dict:
+    """The first seed's training (its model.json) and evaluation provenance; None where a run predates it."""
+    model = Path(train_benchmarks[0]).with_name("model.json") if train_benchmarks else None
+    train = json.loads(model.read_text()).get("provenance") if model and model.is_file() else None
+    return {"train": train, "evaluate": per_seed[0].get("provenance")}
 
 
 def _decimals(value: float) -> int:
@@ -170,34 +178,64 @@ def make_table(
     return frame
 
 
-def write_task_report(task: str, rows: list[tuple[str, dict]], out_dir: str | Path, profile: str) -> None:
+BASELINE = "Base model"  # methods/base/method.yaml's name: the row every plot draws as a reference line
+
+
+def write_task_report(
+    task: str, rows: list[tuple[str, dict]], out_dir: str | Path, profile: str, judge: str | None = None
+) -> None:
     """table.md, table.csv, table.tex and plot.png of one task column, each written whole and then renamed."""
     evaluator = importlib.import_module(task_spec(task).evaluator)
     reference = (evaluator.PAPER_SOURCE, evaluator.paper_rows(task)) if hasattr(evaluator, "paper_rows") else None
+    labels = evaluator.labels(task) if hasattr(evaluator, "labels") else evaluator.LABELS
+    percent = getattr(evaluator, "PERCENT", set())
     stem = Path(out_dir) / f"table.tmp{os.getpid()}"
-    make_table(rows, evaluator.metrics(task), stem, evaluator.LABELS, getattr(evaluator, "PERCENT", set()), reference)
+    make_table(rows, evaluator.metrics(task), stem, labels, percent, reference)
     for suffix in (".md", ".csv", ".tex"):
         os.replace(f"{stem}{suffix}", Path(out_dir) / f"table{suffix}")
+    first = rows[0][1] if rows else {}
+    n = f"{first.get('num_prompts', 0):.0f} prompts × {first.get('num_samples', 0) / max(first.get('num_prompts', 1), 1):.0f} samples"
+    note = (f"Bars: mean; whiskers: 95% bootstrap interval over prompts; dashed line: {BASELINE.lower()}. "
+            f"{n}{f', judge {judge}' if judge else ''}.")  # fmt: skip
     with atomic_output(Path(out_dir) / "plot.png") as png:
-        make_plot(rows, evaluator.plotted(task), f"{task} ({profile} profile)", png, evaluator.LABELS)
+        make_plot(rows, evaluator.plotted(task), f"{task} ({profile} profile)", png, labels, percent, note)
 
 
 def make_plot(
-    rows: list[tuple[str, dict]], metrics: list[str], title: str, out_path: str | Path, labels: dict | None = None
+    rows: list[tuple[str, dict]],
+    metrics: list[str],
+    title: str,
+    out_path: str | Path,
+    labels: dict | None = None,
+    percent: set[str] = frozenset(),
+    note: str = "",
 ) -> None:
-    """One horizontal bar chart per metric, with 95% bootstrap intervals as error bars where they exist."""
+    """One horizontal bar chart per metric, with 95% bootstrap intervals as error bars where they exist, the base
+    model's value as a dashed line, `percent` metrics on a 0-100 axis, and `note` (what the bars are, n, the judge)
+    under the panels."""
     labels = labels or {}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 0.5 * len(rows) + 1.6), sharey=True)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 0.5 * len(rows) + 2.0), sharey=True)
     names = [name for name, _ in rows][::-1]
     for ax, k in zip(np.atleast_1d(axes), metrics):
-        values = np.array([m.get(k, np.nan) for _, m in rows][::-1], dtype=float)
-        cis = [m["ci95"].get(k) or (v, v) for (_, m), v in zip(rows[::-1], values)]
+        scale = 100.0 if k in percent else 1.0
+        values = np.array([m.get(k, np.nan) for _, m in rows][::-1], dtype=float) * scale
+        cis = [np.array(m["ci95"].get(k), dtype=float) * scale if m["ci95"].get(k) else (v, v)
+               for (_, m), v in zip(rows[::-1], values)]  # fmt: skip
         lo, hi = np.array([c[0] for c in cis], dtype=float), np.array([c[1] for c in cis], dtype=float)
         ax.barh(names, values, xerr=[values - lo, hi - values], color="#4c72b0", capsize=3)
+        if BASELINE in names:
+            ax.axvline(values[names.index(BASELINE)], color="#555555", linestyle="--", linewidth=1)
         ax.set_title(labels.get(k, k), fontsize=10)
+        ax.set_xlabel(
+            f"{labels.get(k, k).rstrip(' ↑↓')}{' (%)' if k in percent and '%' not in labels.get(k, k) else ''}"
+        )
+        if k in percent:
+            ax.set_xlim(0, 100)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=8, ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
 

@@ -22,11 +22,16 @@ def register_scorer(name: str):
     return wrap
 
 
+def scorer_names() -> list[str]:
+    """Every scorer get_scorer() knows, those registered on first use included."""
+    return sorted({*_SCORERS, *_ELSEWHERE})
+
+
 def get_scorer(name: str, **kwargs) -> Scorer:
     if name in _ELSEWHERE:
         importlib.import_module(_ELSEWHERE[name])
     if name not in _SCORERS:
-        raise SuiteError(f"unknown scorer '{name}' (known: {', '.join(sorted(_SCORERS))})")
+        raise SuiteError(f"unknown scorer '{name}' (known: {', '.join(scorer_names())})")
     return _SCORERS[name](**kwargs)
 
 

@@ -21,6 +21,13 @@ LABELS = {"positive_rate_negative": "% positive, negative prompts", "positive_ra
           "dist_2": "Dist-2 ↑", "dist_3": "Dist-3 ↑"}  # fmt: skip
 PERCENT = {"positive_rate_negative", "positive_rate_neutral", "positive_rate_positive"}
 
+
+def labels(task: str) -> dict[str, str]:
+    """LABELS with the task's direction on its rates: up where positivity is wanted, down where it is unlearned."""
+    arrow = "↑" if task == "sentiment-positive" else "↓"
+    return {k: f"{v} {arrow}" if k in PERCENT else v for k, v in LABELS.items()}
+
+
 # The Quark paper's Table 2 (GPT-2 large, DistilBERT-SST-2 judge, % positive; perplexity where given), for reference:
 # not comparable in scale or judge with the rows this suite computes.
 PAPER_ROWS = {
@@ -43,7 +50,7 @@ def metrics(task: str) -> list[str]:
 
 
 def plotted(task: str) -> list[str]:
-    return [f"positive_rate_{t}" for t in PROMPT_TYPES[task]] + ["perplexity", "dist_3"]
+    return [f"positive_rate_{t}" for t in PROMPT_TYPES[task]] + ["perplexity"]
 
 
 def paper_rows(task: str) -> list[dict]:

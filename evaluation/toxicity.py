@@ -23,7 +23,7 @@ def metrics(task: str) -> list[str]:
 
 
 def plotted(task: str) -> list[str]:
-    return ["avg_max_toxicity", "toxicity_probability", "perplexity", "dist_3"]
+    return ["avg_max_toxicity", "toxicity_probability", "perplexity"]
 
 
 def per_prompt_table(records: list[dict], toxicity: list[float], perplexity: list[float]) -> pd.DataFrame:

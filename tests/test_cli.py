@@ -26,3 +26,12 @@ def test_score_rejects_a_line_without_text_in_one_line(tmp_path):
     result = run("score", "--scorer", "profanity_check", "--input", str(src), "--out", str(tmp_path / "o.jsonl"))
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {src}:2: no 'text' string"
+
+
+def test_score_with_an_unknown_scorer_lists_every_known_one(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "fine"}\n')
+    result = run("score", "--scorer", "nope", "--input", str(src), "--out", str(tmp_path / "o.jsonl"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    known = result.stderr.split("(known: ")[1].rstrip(")\n").split(", ")
+    assert known == ["hf_classifier", "minilm_toxicity", "perspective", "profanity_check", "vader"]

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -163,6 +164,27 @@ def test_compare_flags_values_outside_the_reference_interval(tmp_path):
     assert set(compare(tmp_path / "rerun", tmp_path / "reference", ["toxicity"])["task"]) == {"toxicity"}
     with pytest.raises(SuiteError, match="no reference table for task.*sentiment"):
         compare(tmp_path / "rerun", tmp_path / "reference", ["sentiment"])
+
+
+def test_compare_names_what_differs_in_the_provenance_of_flagged_rows(tmp_path):
+    from evaluation.compare import provenance_differences
+
+    record = {"suite_commit": "abc", "packages": {"torch": "2.13.0", "transformers": "5.24.0"}, "bf16": True}
+    rows = {("reference", "quark"): record, ("rerun", "quark"): record | {"packages": {"torch": "2.14.1",
+            "transformers": "5.24.0"}, "bf16": False}, ("reference", "ppo"): record, ("rerun", "ppo"): record,
+            ("reference", "gedi"): None, ("rerun", "gedi"): record}  # fmt: skip
+    for (run, row), prov in rows.items():
+        (tmp_path / run / "toxicity" / row).mkdir(parents=True)
+        metrics = {"method": row.upper(), **({"provenance": {"train": prov, "evaluate": prov}} if prov else {})}
+        (tmp_path / run / "toxicity" / row / "metrics.json").write_text(json.dumps(metrics))
+    flagged = pd.DataFrame({"task": ["toxicity"] * 4, "method": ["QUARK", "QUARK", "PPO", "GEDI"]})
+    lines = provenance_differences(tmp_path / "rerun", tmp_path / "reference", flagged)
+    assert lines == [
+        "toxicity / QUARK: evaluate.bf16 True -> False; evaluate.packages.torch 2.13.0 -> 2.14.1; "
+        "train.bf16 True -> False; train.packages.torch 2.13.0 -> 2.14.1",
+        "toxicity / PPO: same provenance",
+        "toxicity / GEDI: provenance not recorded in the reference",
+    ]
 
 
 def test_unscored_samples_are_left_out_and_counted():

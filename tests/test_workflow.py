@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.conftest import ROOT, snakemake
@@ -78,6 +83,19 @@ def test_test_profile_runs_end_to_end(repo_copy):
     assert {"prompt_id", "sample", "text", "token_ids"} <= set(records[0])
     stats = json.loads((out / "quark" / "seed0" / "train_stats.json").read_text())
     assert len(stats["rounds"]) == 2 and stats["rounds"][1]["pool_size"] == 40
+    # what produced the row: versions, machine and dtype, from training (model.json) and evaluation
+    prov = json.loads((out / "quark" / "metrics.json").read_text())["provenance"]
+    assert prov["train"]["packages"]["torch"] == prov["evaluate"]["packages"]["torch"] == torch.__version__
+    assert prov["train"]["bf16"] is False and prov["train"]["cpu"] and prov["evaluate"]["bf16"] is None
+    # each job's output is in its log: the training job's per-round summaries, every task's table job's log
+    assert "round 1:" in (out / "quark" / "seed0" / "train.log").read_text()
+    assert (out / "quark" / "seed0" / "evaluate.log").is_file()
+    assert {p.stem for p in (results / "logs" / "table").glob("*.log")} == {
+        "toxicity",
+        "sentiment-positive",
+        "sentiment-negative",
+        "repetition",
+    }
 
     # sentiment: 3 typed prompts of each reported type, positive rates in [0, 1], the paper's rows kept apart
     for task, types in {
@@ -123,6 +141,20 @@ BAD_INPUTS = {
     "empty prompts": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "empty.jsonl", "\n")}}},
                       ["data/empty.jsonl", "no prompts"]),
     "model path": (lambda r: {"base_model": "path:/no/such/model"}, ["model directory not found", "/no/such/model"]),
+    "control character": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "cc.jsonl", '{"prompt": "a\tb"}\n')}}},
+                          ["data/cc.jsonl:1", "Invalid control character at column 14"]),
+    "no method runs a task": (lambda r: {"methods": ["dexperts"], "tasks": ["repetition"]},
+                              ["no requested method runs task 'repetition'"]),
+    "unknown judge": (lambda r: {"scorers": {"toxicity": "nope"}},
+                      ["scorers.toxicity: unknown scorer 'nope'", "minilm_toxicity", "perspective"]),
+    "unknown reward scorer": (lambda r: {"reward": {"toxicity": {"scorer": "nope"}}},
+                              ["reward.toxicity: unknown scorer 'nope'"]),
+    "unknown reward": (lambda r: {"reward": {"toxicity": {"name": "nope"}}},
+                       ["reward.toxicity.name: unknown reward 'nope'", "diversity"]),
+    "results_dir is a file": (lambda r: {"results_dir": write(r, "blocker", "a file\n")},
+                              ["results_dir", "data/blocker is a file"]),
+    "results_dir under a file": (lambda r: {"results_dir": write(r, "blocker2", "a file\n") + "/sub"},
+                                 ["results_dir", "data/blocker2 is a file"]),
 }  # fmt: skip
 
 
@@ -131,6 +163,40 @@ def test_bad_input_fails_in_one_line(repo_copy, case):
     make, needles = BAD_INPUTS[case]
     result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, override(repo_copy, **make(repo_copy)))
     assert_one_line_error(result, *needles)
+
+
+def test_unknown_method_on_the_command_line_blames_the_command_line(repo_copy):
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, "--config", "methods=[base,nope]")
+    assert_one_line_error(result, "--config methods=", "unknown method 'nope'")
+    assert "test.yaml" not in [line for line in result.stderr.splitlines() if line.startswith("error:")][0]
+
+
+def test_hyphen_in_a_method_directory_fails_in_one_line(repo_copy):
+    shutil.copytree(repo_copy / "methods" / "base", repo_copy / "methods" / "my-method")
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST)
+    assert_one_line_error(result, "methods/my-method", "hyphen")
+
+
+def test_variant_keyword_generate_does_not_take_fails_in_one_line(repo_copy):
+    """The README's own example, on a copy of `base`: a variant option its generate() has no parameter for."""
+    mine = repo_copy / "methods" / "my_method"
+    shutil.copytree(repo_copy / "methods" / "base", mine)
+    spec = yaml.safe_load((mine / "method.yaml").read_text())
+    spec["variants"] = {"strong": {"name": "Mine (strong)", "generate": {"strength": 2.0}}}
+    (mine / "method.yaml").write_text(yaml.safe_dump(spec))
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, "--config", "methods=[base,my_method-strong]")
+    assert_one_line_error(result, "methods/my_method/method.yaml", "variant 'strong'", "strength")
+
+
+def test_corrupt_model_directory_fails_in_one_line(repo_copy):
+    model = repo_copy / "corrupt_model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama", "vocab_size": 10}')
+    (model / "model.safetensors").write_text("not a safetensors file")
+    settings = override(repo_copy, base_model=f"path:{model}")
+    result = snakemake(repo_copy, "results/test/base_model", "--configfile", TEST, settings)
+    assert_one_line_error(result, str(model), "cannot load the model")
+    assert "cannot load the model" in (repo_copy / "results/test/logs/base_model.log").read_text()  # kept to read
 
 
 def test_method_without_entry_points_fails_in_one_line(repo_copy):
@@ -142,23 +208,57 @@ def test_method_without_entry_points_fails_in_one_line(repo_copy):
     assert_one_line_error(result, "methods/broken/__init__.py", "generate")
 
 
-def test_slurm_profile_resolves_every_jobs_resources(repo_copy):
-    pytest.importorskip("snakemake_executor_plugin_slurm")
-    cuda = override(repo_copy, device="cuda")
-    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, cuda, "--profile", "workflow/profiles/slurm")
+def resources_by_rule(result) -> dict[str, str]:
     out = result.stdout + result.stderr
-    assert result.returncode == 0, out
+    assert result.returncode == 0, out[-3000:]
     blocks = {}
     for block in out.split("\nrule ")[1:]:
         name = block.split(":", 1)[0]
-        resources = next((line for line in block.splitlines() if "resources:" in line), "")
-        blocks.setdefault(name, resources)
+        blocks.setdefault(name, next((line for line in block.splitlines() if "resources:" in line), ""))
+    return blocks
+
+
+def test_slurm_profile_sizes_requests_from_the_config_profile(repo_copy):
+    """Requests come from the config profile's `cluster` section; a user's --configfile adds account and partitions
+    and a --set-resources override of one key keeps the others."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    user = repo_copy / "cluster.yaml"
+    user.write_text("device: cuda\ncluster: {account: lab, partition: cpu, gpu_partition: gpu}\n")
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, str(user), "--profile", "workflow/profiles/slurm",
+                       "--set-resources", "train:mem_mb=5000")  # fmt: skip
+    blocks = resources_by_rule(result)
     assert {"train", "generate", "evaluate", "base_model"} <= set(blocks)
-    assert "runtime=2880" in blocks["train"] and "mem_mb=64000" in blocks["train"]
-    assert "runtime=720" in blocks["generate"] and "runtime=240" in blocks["evaluate"]
+    assert "mem_mb=5000" in blocks["train"] and "runtime=15" in blocks["train"], blocks["train"]
+    assert "mem_mb=3000" in blocks["generate"] and "runtime=15" in blocks["generate"]  # test.yaml, not 64 GB
     for rule in ["train", "generate", "evaluate", "type_sentiment_prompts", "prepare_corpus"]:  # they load models
-        assert "gpu=1" in blocks[rule], (rule, blocks[rule])
-    assert "gpu=" not in blocks["prepare_train_prompts"] and "gpu=" not in blocks["prepare_eval_prompts"]
+        assert "gpu=1" in blocks[rule] and "slurm_partition=gpu" in blocks[rule], (rule, blocks[rule])
+        assert "slurm_account=lab" in blocks[rule], (rule, blocks[rule])
+    assert "gpu=" not in blocks["base_model"] and "slurm_partition=cpu" in blocks["base_model"]
+    mini = resources_by_rule(snakemake(repo_copy, "-n", "all", "--profile", "workflow/profiles/slurm"))
+    assert "mem_mb=12000" in mini["train"] and "runtime=480" in mini["train"], mini["train"]
+
+
+def test_a_request_no_node_can_take_fails_before_submission(repo_copy, tmp_path):
+    """With sinfo reporting only a node smaller than the test profile's requests, the run stops in one line, before
+    SLURM could hold the job PENDING for ever."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in {
+        "sinfo": "echo 'main* 2 2000'",
+        "sbatch": "exit 1",
+        "sacct": "exit 1",
+        "squeue": "exit 0",
+    }.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    env_path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    cmd = [sys.executable, "-m", "snakemake", "all", "--configfile", TEST, "--profile", "workflow/profiles/slurm"]
+    result = subprocess.run(cmd, cwd=repo_copy, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PATH": env_path})  # fmt: skip
+    assert_one_line_error(result, "asks 1 CPUs and 3000 MB", "partition 'default'", "2 CPUs/2000 MB",
+                          "cluster.mem_mb.")  # fmt: skip
+    assert not (repo_copy / "results").exists()
 
 
 TRAINING_RULES = {"prepare_train_prompts", "prepare_corpus", "train", "dexperts_expert", "dexperts_ensemble",

@@ -8,7 +8,8 @@ import torch  # noqa: E402
 from _job import main  # noqa: E402
 
 from methods.acf.acf import finish, load_config, run_job  # noqa: E402
-from methods.common.data import read_prompts, write_json  # noqa: E402
+from methods.common.data import read_prompts  # noqa: E402
+from methods.common.provenance import write_model_json  # noqa: E402
 from methods.common.rewards import get_reward  # noqa: E402
 from methods.common.sampling import train_sampling  # noqa: E402
 from methods.common.task import Task, read_corpus  # noqa: E402
@@ -30,8 +31,7 @@ def run(sm):
         out_dir = Path(sm.output.model).parent
         model_dir = finish(task, base, out_dir, cfg, device=sm.params.device,
                            benchmarks=[Path(p) for p in sm.params.benchmarks])  # fmt: skip
-        write_json(sm.output.model, {"model_dir": str(model_dir), "method": "acf", "seed": seed,
-                                     "hparams": dict(sm.params.hparams)})  # fmt: skip
+        write_model_json(sm.output.model, model_dir, "acf", seed, dict(sm.params.hparams), sm.params.device)
     else:
         run_job(JOBS[sm.rule], int(sm.wildcards.i), task, base, Path(sm.output.stats).parent, cfg, seed=seed,
                 device=sm.params.device)  # fmt: skip

@@ -38,8 +38,8 @@ def acf_threads(kind):
 
     def threads(w):
         n = acf_schedule(w).concurrent(int(w.i))
-        share = max(1, workflow.cores // n)
-        return max(1, workflow.cores - (n - 1) * share) if kind == "lm" else share
+        share = max(1, job_cores() // n)
+        return max(1, job_cores() - (n - 1) * share) if kind == "lm" else share
 
     return threads
 
@@ -47,7 +47,7 @@ def acf_threads(kind):
 def acf_torch_threads(kind):
     """The job's share of this machine's CPUs: `--cores` may exceed them, and oversubscribed torch threads crawl."""
     threads = acf_threads(kind)
-    return lambda w: max(1, min(os.cpu_count() or 1, (os.cpu_count() or 1) * threads(w) // workflow.cores))
+    return lambda w: max(1, min(os.cpu_count() or 1, (os.cpu_count() or 1) * threads(w) // job_cores()))
 
 
 def acf_params():
@@ -75,10 +75,11 @@ rule acf_sample:
         torch_threads=acf_torch_threads("sample"),
     threads: acf_threads("sample")
     resources:
-        mem_mb=4000,
-        gpu=GPUS,
+        **job_resources("acf_sample"),
     benchmark:
         f"{ACF_RUN}/rounds/sample{{i}}.benchmark.tsv"
+    log:
+        f"{ACF_RUN}/rounds/sample{{i}}.log",
     script:
         "job.py"
 
@@ -101,10 +102,11 @@ rule acf_train_r:
         torch_threads=acf_torch_threads("r"),
     threads: acf_threads("r")
     resources:
-        mem_mb=4000,
-        gpu=GPUS,
+        **job_resources("acf_train_r"),
     benchmark:
         f"{ACF_RUN}/rounds/r{{i}}.benchmark.tsv"
+    log:
+        f"{ACF_RUN}/rounds/r{{i}}.log",
     script:
         "job.py"
 
@@ -127,10 +129,11 @@ rule acf_train_lm:
         torch_threads=acf_torch_threads("lm"),
     threads: acf_threads("lm")
     resources:
-        mem_mb=8000,
-        gpu=GPUS,
+        **job_resources("acf_train_lm"),
     benchmark:
         f"{ACF_RUN}/rounds/lm{{i}}.benchmark.tsv"
+    log:
+        f"{ACF_RUN}/rounds/lm{{i}}.log",
     script:
         "job.py"
 
@@ -152,6 +155,8 @@ rule acf_finish:
         torch_threads=lambda w: os.cpu_count() or 1,
     threads: heavy_threads()
     resources:
-        mem_mb=4000,
+        **job_resources("acf_finish"),
+    log:
+        f"{ACF_RUN}/train.log",
     script:
         "job.py"

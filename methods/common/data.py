@@ -38,7 +38,9 @@ def iter_jsonl(path: str | Path):
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SuiteError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise SuiteError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
+                ) from None
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -76,6 +77,18 @@ def tiny_model(
     return LlamaForCausalLM(config)
 
 
+def load_pretrained(where: str | Path, **kwargs) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and fp32 model of a transformers directory or Hub name; a corrupt or unreachable one is a
+    SuiteError naming it, not a chain of tracebacks."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SuiteError(f"{where}: cannot load the model ({reason[:300]})") from None
+    return tokenizer, model
+
+
 def build_base_model(spec: str, out_dir: str | Path, corpus: list[str] | None = None, tiny: dict | None = None) -> None:
     """Materialise a base-model spec as a transformers directory (safetensors + tokenizer)."""
     kind, _, where = spec.partition(":")
@@ -95,8 +108,7 @@ def build_base_model(spec: str, out_dir: str | Path, corpus: list[str] | None = 
     elif kind in ("hub", "path"):
         if kind == "path" and not Path(where, "config.json").is_file():
             raise SuiteError(f"base model directory not found (no config.json): {where}")
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+        tokenizer, model = load_pretrained(where)
     elif kind == "tiny":
         if not corpus:
             raise SuiteError("a tiny base model needs a prompt corpus to train its tokenizer on")
@@ -129,11 +141,11 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, 
     path = resolve_model_dir(path)
     if not any(path.glob("*.safetensors")):  # nothing the suite wrote is pickled; it never unpickles weights either
         raise SuiteError(f"model directory {path} has no safetensors weights (pickled weights are not loaded)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer, model = load_pretrained(path, use_safetensors=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True).to(device)
+    model = model.to(device)
     model.eval()
     return model, tokenizer
 

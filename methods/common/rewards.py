@@ -37,10 +37,14 @@ class Retry:
     max_delay: float = 60.0
 
 
+def reward_names() -> list[str]:
+    return sorted(_REWARDS)
+
+
 def get_reward(name: str, retries: int = 3, backoff: float = 1.0, **kwargs) -> Reward:
     """A registered reward; `retries` and `backoff` (seconds, doubled each time) set how a raising call is retried."""
     if name not in _REWARDS:
-        raise SuiteError(f"unknown reward '{name}' (known: {', '.join(sorted(_REWARDS))})")
+        raise SuiteError(f"unknown reward '{name}' (known: {', '.join(reward_names())})")
     reward = _REWARDS[name](**kwargs)
     reward.retry = Retry(attempts=int(retries) + 1, delay=float(backoff))
     return reward

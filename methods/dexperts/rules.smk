@@ -20,10 +20,11 @@ rule dexperts_expert:
         device=config["device"],
     threads: heavy_threads()
     resources:
-        mem_mb=8000,
-        gpu=GPUS,
+        **job_resources("dexperts_expert"),
     benchmark:
         f"{DEXPERTS_RUN}/{{side}}.benchmark.tsv"
+    log:
+        f"{DEXPERTS_RUN}/{{side}}.log",
     script:
         "job_expert.py"
 
@@ -44,6 +45,8 @@ rule dexperts_ensemble:
         device=config["device"],
     threads: heavy_threads()
     resources:
-        mem_mb=6000,
+        **job_resources("dexperts_ensemble"),
+    log:
+        f"{DEXPERTS_RUN}/train.log",
     script:
         "job_ensemble.py"

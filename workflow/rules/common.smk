@@ -12,6 +12,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.en
 CONFIG_FILES = ", ".join(str(p) for p in (workflow.overwrite_configfiles or ["workflow/config/config.yaml"]))
 
 
+def source(key):
+    """Where a top-level config key came from, for an error message: --config on the command line, or the files."""
+    return f"--config {key}=..." if key in workflow.config_settings.config else CONFIG_FILES
+
+
 def fail(message):
     """A one-line error and exit status 1, before any job runs."""
     print(f"error: {message}", file=sys.stderr)
@@ -40,6 +45,9 @@ def discover_methods(root="methods"):
     found = {}
     for path in sorted(Path(workflow.basedir, root).glob("*/method.yaml")):
         name = path.parent.name
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            fail(f"{path.parent}: a method directory's name takes lowercase letters, digits and underscores only "
+                 f"(a hyphen separates a row's variant: 'quark-worst')")  # fmt: skip
         try:
             spec = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -105,9 +113,37 @@ def check_prompts(task):
         fail(str(exc))
 
 
+def check_names(task):
+    """Reward and scorer names must be registered: an unknown one would otherwise fail only in a job, after
+    training."""
+    from evaluation.scorers import scorer_names
+    from methods.common.rewards import reward_names
+
+    reward, judge = config["reward"][task], config["scorers"].get(task)
+    judge = judge.get("name") if isinstance(judge, dict) else judge
+    if reward.get("name") not in reward_names():
+        fail(f"{CONFIG_FILES}: reward.{task}.name: unknown reward '{reward.get('name')}' (known: "
+             f"{', '.join(reward_names())})")  # fmt: skip
+    for key, name in (("reward", reward.get("scorer")), ("scorers", judge)):
+        if name is not None and name not in scorer_names():
+            fail(f"{CONFIG_FILES}: {key}.{task}: unknown scorer '{name}' (known: {', '.join(scorer_names())})")
+
+
+def check_results_dir():
+    """The results directory must be a writable directory or creatable: found now, not in the first job. Nothing is
+    created here (a dry run leaves no trace)."""
+    where = Path(R)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        fail(f"{source('results_dir')}: results_dir: {where} is a file, not a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        fail(f"{source('results_dir')}: results_dir: {where} is not writable")
+
+
 for task in TASKS:
     if task not in KNOWN_TASKS:
-        fail(f"{CONFIG_FILES}: unknown task '{task}' (known: {', '.join(KNOWN_TASKS)})")
+        fail(f"{source('tasks')}: unknown task '{task}' (known: {', '.join(KNOWN_TASKS)})")
     if task not in config["data"]:
         fail(f"{CONFIG_FILES}: no data.{task} section for task '{task}'")
     for key in ("train_prompts", "eval_prompts"):
@@ -117,7 +153,9 @@ for task in TASKS:
         fail(f"{CONFIG_FILES}: no reward.{task} entry for task '{task}'")
     if KNOWN_TASKS[task].needs_scorer and task not in config["scorers"]:
         fail(f"{CONFIG_FILES}: no scorers.{task} entry for task '{task}' (the evaluator's judge)")
+    check_names(task)
     check_prompts(task)
+check_results_dir()
 if config["base_model"].startswith("path:") and not Path(config["base_model"][5:], "config.json").is_file():
     fail(f"{CONFIG_FILES}: base_model: model directory not found (no config.json): {config['base_model'][5:]}")
 
@@ -198,11 +236,40 @@ def check_rows(rows, source):
                  + (" (nor budget_keys for a budget row)" if BUDGET_VARIANT.fullmatch(variant) else ""))  # fmt: skip
 
 
-check_rows(config["methods"], CONFIG_FILES)
+check_rows(config["methods"], source("methods"))
 
 
 def rows_for(task):
     return [r for r in config["methods"] if task in METHODS[split_row(r)[0]]["tasks"]]
+
+
+for task in TASKS:
+    if not rows_for(task):
+        fail(f"{source('methods')}: no requested method runs task '{task}' (each method's tasks are in "
+             f"methods/<name>/method.yaml); add one, or leave '{task}' out of `tasks`")  # fmt: skip
+
+
+def check_variant_options():
+    """A variant's `generate` options must be keywords its method's generate() takes; checked by signature, before
+    any job runs (importing only the methods that have such variants)."""
+    import importlib
+    import inspect
+
+    for row in config["methods"]:
+        method, variant = split_row(row)
+        options = variant_spec(row).get("generate") or {}
+        if not options:
+            continue
+        params = inspect.signature(importlib.import_module(f"methods.{method}").generate).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            fail(f"methods/{method}/method.yaml: variant '{variant}' passes {', '.join(unknown)} to generate(), "
+                 f"which takes only {', '.join(params)}")  # fmt: skip
+
+
+check_variant_options()
 
 
 def hparams(method, task=None):
@@ -239,9 +306,79 @@ def display_name(row):
     return METHODS[method]["name"]
 
 
+# On a cluster (an executor such as SLURM submits the jobs: Snakemake then has no --cores; or this is one of its
+# jobs) each job asks for what config `cluster` says; locally, model jobs take every core.
+CLUSTER = workflow._cores is None or workflow.remote_exec
+# Per-rule requests sized for the mini profile; config cluster.mem_mb and cluster.runtime override them by name.
+JOB_MEM_MB = {"train": 12000, "generate": 6000, "evaluate": 6000, "type_sentiment_prompts": 6000,
+              "base_model": 4000, "toxicity_head": 4000, "prepare_corpus": 2000, "dexperts_expert": 8000,
+              "dexperts_ensemble": 6000, "acf_sample": 4000, "acf_train_r": 4000, "acf_train_lm": 8000,
+              "acf_finish": 4000, "default": 1000}  # fmt: skip
+JOB_RUNTIME = {"train": 480, "dexperts_expert": 240, "acf_train_lm": 120, "acf_train_r": 120, "acf_sample": 120,
+               "type_sentiment_prompts": 120, "generate": 120, "evaluate": 120, "default": 60}  # fmt: skip
+MODEL_RULES = {"train", "generate", "evaluate", "type_sentiment_prompts", "prepare_corpus", "dexperts_expert",
+               "acf_sample", "acf_train_r", "acf_train_lm"}  # fmt: skip
+
+
+def job_cores():
+    """The CPUs a model job gets: config cluster.threads on a cluster, --cores locally."""
+    return config["cluster"]["threads"] if CLUSTER else workflow.cores
+
+
 def heavy_threads():
     """Model jobs take every core: one at a time, so the benchmark files time each job alone."""
-    return workflow.cores
+    return job_cores()
+
+
+def request(table, rule):
+    """A rule's memory or runtime: the config's value by name, else its `default`, else the built-in table's."""
+    own = config["cluster"][table]
+    builtin = JOB_MEM_MB if table == "mem_mb" else JOB_RUNTIME
+    return own.get(rule, own.get("default", builtin.get(rule, builtin["default"])))
+
+
+def job_resources(rule):
+    """Every rule's `resources:`, so that a profile or --set-resources override of one key keeps the others."""
+    c = config["cluster"]
+    gpu = GPUS if rule in MODEL_RULES else 0
+    partition = (c["gpu_partition"] or c["partition"]) if gpu else c["partition"]
+    return {"mem_mb": request("mem_mb", rule), "runtime": request("runtime", rule),
+            **({"gpu": gpu} if rule in MODEL_RULES else {}),
+            **({"slurm_account": c["account"]} if c["account"] else {}),
+            **({"slurm_partition": partition} if partition else {})}  # fmt: skip
+
+
+def check_cluster_fit():
+    """Before any job is submitted: every rule's request must fit some node of its partition (`sinfo`), or SLURM
+    would keep the job PENDING for ever without a word."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return
+    listing = subprocess.run(["sinfo", "-h", "-o", "%P %c %m"], capture_output=True, text=True)
+    if listing.returncode != 0:
+        fail(f"sinfo failed ({listing.stderr.strip() or listing.returncode}): is this a SLURM submit host?")
+    nodes = {}  # partition -> [(cpus, mem_mb)]; the default partition also under None
+    for line in listing.stdout.split("\n"):
+        if line.strip():
+            part, cpus, mem = line.split()
+            size = (int(cpus.rstrip("+")), int(mem.rstrip("+")))
+            nodes.setdefault(part.rstrip("*"), []).append(size)
+            if part.endswith("*"):
+                nodes.setdefault(None, []).append(size)
+    for rule in workflow.rules:
+        if rule.name in workflow._localrules or rule.name == "all":
+            continue
+        res = job_resources(rule.name)
+        cores = rule.resources["_cores"]
+        threads = job_cores() if cores.is_evaluable() else cores.value  # a function of wildcards: job_cores() at most
+        part = res.get("slurm_partition")
+        if not any(threads <= c and res["mem_mb"] <= m for c, m in nodes.get(part, [])):
+            sizes = ", ".join(f"{c} CPUs/{m} MB" for c, m in sorted(set(nodes.get(part, [])))) or "none"
+            fail(f"{CONFIG_FILES}: rule '{rule.name}' asks {threads} CPUs and {res['mem_mb']} MB, which no node of "
+                 f"partition '{part or 'default'}' has (nodes: {sizes}); lower cluster.threads or "
+                 f"cluster.mem_mb.{rule.name} in a --configfile")  # fmt: skip
 
 
 wildcard_constraints:

@@ -24,7 +24,7 @@ rule base_model:
         spec=config["base_model"],
         tiny=config.get("tiny_model", {}),
     resources:
-        mem_mb=4000,
+        **job_resources("base_model"),
     log:
         f"{R}/logs/base_model.log",
     script:
@@ -43,10 +43,11 @@ rule type_sentiment_prompts:
         device=config["device"],
     threads: heavy_threads()
     resources:
-        mem_mb=6000,
-        gpu=GPUS,
+        **job_resources("type_sentiment_prompts"),
     benchmark:
         f"{R}/data/sentiment_types.benchmark.tsv"
+    log:
+        f"{R}/logs/type_sentiment_prompts.log",
     script:
         "../scripts/type_sentiment_prompts.py"
 
@@ -59,7 +60,9 @@ rule prepare_train_prompts:
     params:
         settings=lambda w: train_data_settings(w.task),
     resources:
-        mem_mb=1000,
+        **job_resources("prepare_train_prompts"),
+    log:
+        f"{R}/logs/prepare_train_prompts/{{task}}.log",
     script:
         "../scripts/prepare_prompts.py"
 
@@ -73,7 +76,9 @@ rule prepare_eval_prompts:
         settings=lambda w: config["data"][w.task],
         max_eval_prompts=lambda w: eval_settings(w.task)["max_prompts"],
     resources:
-        mem_mb=1000,
+        **job_resources("prepare_eval_prompts"),
+    log:
+        f"{R}/logs/prepare_eval_prompts/{{task}}.log",
     script:
         "../scripts/prepare_prompts.py"
 
@@ -87,7 +92,8 @@ rule prepare_corpus:
         settings=lambda w: train_data_settings(w.task),
         scorer=lambda w: scorer_spec(w.task),
     resources:
-        mem_mb=2000,
-        gpu=GPUS,
+        **job_resources("prepare_corpus"),
+    log:
+        f"{R}/logs/prepare_corpus/{{task}}.log",
     script:
         "../scripts/prepare_corpus.py"

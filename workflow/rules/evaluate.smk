@@ -15,8 +15,9 @@ rule evaluate:
         device=config["device"],
     threads: heavy_threads()
     resources:
-        mem_mb=6000,
-        gpu=GPUS,
+        **job_resources("evaluate"),
+    log:
+        f"{R}/{{task}}/{{row}}/seed{{seed}}/evaluate.log",
     script:
         "../scripts/evaluate.py"
 
@@ -30,5 +31,9 @@ rule aggregate_seeds:
         f"{R}/{{task}}/{{row}}/metrics.json",
     params:
         name=lambda w: display_name(w.row),
+    resources:
+        **job_resources("aggregate_seeds"),
+    log:
+        f"{R}/logs/aggregate_seeds/{{task}}/{{row}}.log",
     script:
         "../scripts/aggregate.py"

@@ -14,9 +14,10 @@ rule generate:
         device=config["device"],
     threads: heavy_threads()
     resources:
-        mem_mb=6000,
-        gpu=GPUS,
+        **job_resources("generate"),
     benchmark:
         f"{R}/{{task}}/{{row}}/seed{{seed}}/generate.benchmark.tsv"
+    log:
+        f"{R}/{{task}}/{{row}}/seed{{seed}}/generate.log",
     script:
         "../scripts/generate.py"

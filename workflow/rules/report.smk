@@ -12,6 +12,11 @@ rule table:
     params:
         names=lambda w: [display_name(row) for row in rows_for(w.task)],
         profile=PROFILE,
+        judge=lambda w: (scorer_spec(w.task) or {}).get("name"),
+    resources:
+        **job_resources("table"),
+    log:
+        f"{R}/logs/table/{{task}}.log",
     script:
         "../scripts/report.py"
 
@@ -38,5 +43,9 @@ rule budget_curve:
         budgets=[k for _, k, _ in BUDGET_ROWS],
         task=BUDGET["task"],
         profile=PROFILE,
+    resources:
+        **job_resources("budget_curve"),
+    log:
+        f"{R}/logs/budget_curve.log",
     script:
         "../scripts/budget_curve.py"

@@ -31,6 +31,8 @@ rule toxicity_head:
         seed=0,
     threads: 1  # small matrices; on the busy 2-core machine, 2 threads scored 2.5 times slower than 1
     resources:
-        mem_mb=4000,
+        **job_resources("toxicity_head"),
+    log:
+        f"{R}/logs/toxicity_head.log",
     script:
         "../scripts/train_toxicity_head.py"

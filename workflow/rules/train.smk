@@ -19,9 +19,10 @@ rule train:
         device=config["device"],
     threads: heavy_threads()
     resources:
-        mem_mb=12000,
-        gpu=GPUS,
+        **job_resources("train"),
     benchmark:
         f"{R}/{{task}}/{{run}}/seed{{seed}}/train.benchmark.tsv"
+    log:
+        f"{R}/{{task}}/{{run}}/seed{{seed}}/train.log",
     script:
         "../scripts/train.py"

@@ -10,6 +10,7 @@ from evaluation.tasks import task_spec  # noqa: E402
 from methods.common.checkpoint import atomic_output  # noqa: E402
 from methods.common.data import read_jsonl, read_prompts, write_json  # noqa: E402
 from methods.common.models import load_model  # noqa: E402
+from methods.common.provenance import provenance  # noqa: E402
 
 
 def run(sm):
@@ -24,7 +25,7 @@ def run(sm):
     metrics, per_prompt = evaluator.evaluate(records, scorer, perplexity, prompts, task)
     with atomic_output(sm.output.per_prompt) as tmp:
         per_prompt.to_csv(tmp)
-    write_json(sm.output.metrics, metrics)
+    write_json(sm.output.metrics, {**metrics, "provenance": provenance(sm.params.device)})
     print({k: v for k, v in metrics.items() if k != "ci95"})
 
 

@@ -11,6 +11,7 @@ from _job import main  # noqa: E402
 from train_job import LAUNCHABLE, run_job  # noqa: E402
 
 from methods.common.data import write_json  # noqa: E402
+from methods.common.provenance import write_model_json  # noqa: E402
 from methods.common.errors import SuiteError  # noqa: E402
 
 
@@ -33,8 +34,8 @@ def run(sm):
         model_dir = json.loads((out_dir / "launched.json").read_text())["model_dir"]
     else:
         model_dir = run_job(job)
-    write_json(sm.output[0], {"model_dir": str(model_dir), "method": sm.params.method, "seed": int(sm.wildcards.seed),
-                              "hparams": dict(sm.params.hparams)})  # fmt: skip
+    write_model_json(sm.output[0], model_dir, sm.params.method, int(sm.wildcards.seed), dict(sm.params.hparams),
+                     sm.params.device)  # fmt: skip
     print(json.dumps({"model_dir": str(model_dir)}))
 
 
