@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 compile=(uv pip compile requirements.txt -c constraints-cpu.txt --generate-hashes --python-version 3.11
          --python-platform x86_64-manylinux_2_28 --no-emit-package torch)
-cuda=$("${compile[@]}" --quiet -o - | grep -oE '^(nvidia-[a-z0-9-]+|triton|cuda-[a-z0-9-]+)==' | sed 's/==$//' | sort -u)
+cuda=$("${compile[@]}" --quiet | grep -oE '^(nvidia-[a-z0-9-]+|triton|cuda-[a-z0-9-]+)==' | sed 's/==$//' | sort -u)
 "${compile[@]}" $(printf -- '--no-emit-package %s ' $cuda) --upgrade -o requirements.lock
