@@ -24,7 +24,7 @@ from methods.common.errors import SuiteError
 
 
 def _kept(key: str, reported: set[str]) -> bool:
-    return key in reported or key.startswith("num_") or key == "ci95"
+    return key in reported or key.startswith("num_") or key in ("ci95", "provenance")
 
 
 def recount_seed(seed_dir: Path, evaluator, task: str) -> dict:
@@ -64,7 +64,8 @@ def recount(results_dir: Path) -> list[str]:
             per_seed = [recount_seed(d, evaluator, task) for d in sorted(row_file.parent.glob("seed*"))]
             old = json.loads(row_file.read_text())
             row = {"method": name, **aggregate_metrics(per_seed), "cost": old["cost"],
-                   "train_stats": old.get("train_stats", {}), "seeds": per_seed}  # fmt: skip
+                   "train_stats": old.get("train_stats", {}),
+                   **({"provenance": old["provenance"]} if "provenance" in old else {}), "seeds": per_seed}  # fmt: skip
             write_json(row_file, row)
             rows.append((name, row))
             done.append(f"{task}/{row_file.parent.name}")

@@ -83,19 +83,26 @@ def _provenance(train_benchmarks: list, per_seed: list[dict]) -> dict:
     return {"train": train, "evaluate": per_seed[0].get("provenance")}
 
 
-def _decimals(value: float) -> int:
+def _decimals(value: float, scale: float = 1.0, count: bool = False) -> int:
+    """Places for a cell: percentages 2 (as the papers print them), counts none, others by size."""
+    if scale != 1.0:
+        return 2
+    if count and float(value).is_integer():
+        return 0
     return 3 if abs(value) < 10 else 2 if abs(value) < 1000 else 0
 
 
 def _fmt(value: float, scale: float) -> str:
-    return f"{value * scale:.{_decimals(value * scale)}f}"
+    return f"{value * scale:.{_decimals(value, scale)}f}"
 
 
-def _cell(value: float, ci: list[float] | None, std: float, num_seeds: int, scale: float = 1.0) -> str:
+def _cell(
+    value: float, ci: list[float] | None, std: float, num_seeds: int, scale: float = 1.0, count: bool = False
+) -> str:
     """`value [ci]`, or `value ± std [ci]` over seeds, all at the precision the value's size calls for."""
     if value is None or not np.isfinite(value):
         return "–"
-    places = _decimals(value * scale)
+    places = _decimals(value, scale, count)
     text = f"{value * scale:.{places}f}"
     if num_seeds > 1:
         text += f" ± {std * scale:.{places}f}"
@@ -110,6 +117,38 @@ def _latex(tex: str) -> str:
     return tex
 
 
+def column_group(label: str) -> str:
+    """The Quark paper's header groups, read off a column's label."""
+    low = label.lower()
+    if "perplexity" in low or "ppl" in low:
+        return "Fluency"
+    if low.startswith(("dist-", "diversity", "uniq")):
+        return "Diversity"
+    if "auc" in low:
+        return "Control"
+    if low.startswith(("train (", "generate (", "peak rss", "unscored")):
+        return "Cost"
+    return "" if label == "Method" else "Attribute"
+
+
+def latex_table(frame: pd.DataFrame, caption: str, attribute: str) -> str:
+    """booktabs, grouped headers (attribute, fluency, diversity, control, cost), a caption, scaled to the text
+    width: a table that fits a page."""
+    order = ["", "Attribute", "Fluency", "Diversity", "Control", "Cost"]
+    grouped = frame[sorted(frame.columns, key=lambda c: order.index(column_group(c)))]  # stable: in-group order kept
+    grouped.columns = pd.MultiIndex.from_tuples(
+        [(column_group(c).replace("Attribute", attribute), c) for c in grouped.columns]
+    )
+    body = _latex(grouped.to_latex(index=False, multicolumn=True, multicolumn_format="c"))
+    return (
+        "\\begin{table}[t]\n\\centering\n\\small\n\\resizebox{\\textwidth}{!}{%\n"
+        + body
+        + "}\n\\caption{"
+        + _latex(caption).replace("_", r"\_").replace("×", r"$\times$")
+        + "}\n\\end{table}\n"
+    )
+
+
 def make_table(
     rows: list[tuple[str, dict]],
     metrics: list[str],
@@ -117,6 +156,8 @@ def make_table(
     labels: dict[str, str] | None = None,
     percent: set[str] = frozenset(),
     reference: tuple[str, list[dict]] | None = None,
+    caption: str = "",
+    attribute: str = "Attribute",
 ) -> pd.DataFrame:
     """rows: (display name, aggregated metrics). Writes {prefix}.md, .csv and .tex; returns the display frame.
 
@@ -133,7 +174,8 @@ def make_table(
         for k in metrics:
             ci = m["ci95"].get(k)
             std = m["seed_std"].get(k, 0.0)
-            d[label[k]] = _cell(m.get(k), ci, std, m["num_seeds"], 100.0 if k in percent else 1.0)
+            # a metric without an interval is a count (uniq): no decimals
+            d[label[k]] = _cell(m.get(k), ci, std, m["num_seeds"], 100.0 if k in percent else 1.0, ci is None)
             low, high = ci if ci is not None else (None, None)
             n[k], n[f"{k}_ci_low"], n[f"{k}_ci_high"], n[f"{k}_seed_std"] = m.get(k), low, high, std
         trained = m.get("train_stats", {})
@@ -162,7 +204,7 @@ def make_table(
     note = "Cells: mean [95% bootstrap CI over prompts]; with several seeds, mean ± std over seeds [mean CI]."
     md, tex = (
         frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n",
-        _latex(frame.to_latex(index=False)),
+        latex_table(frame, f"{caption} {note}".strip(), attribute),
     )
     if reference is not None:
         source, ref_rows = reference
@@ -189,12 +231,14 @@ def write_task_report(
     reference = (evaluator.PAPER_SOURCE, evaluator.paper_rows(task)) if hasattr(evaluator, "paper_rows") else None
     labels = evaluator.labels(task) if hasattr(evaluator, "labels") else evaluator.LABELS
     percent = getattr(evaluator, "PERCENT", set())
-    stem = Path(out_dir) / f"table.tmp{os.getpid()}"
-    make_table(rows, evaluator.metrics(task), stem, labels, percent, reference)
-    for suffix in (".md", ".csv", ".tex"):
-        os.replace(f"{stem}{suffix}", Path(out_dir) / f"table{suffix}")
     first = rows[0][1] if rows else {}
     n = f"{first.get('num_prompts', 0):.0f} prompts × {first.get('num_samples', 0) / max(first.get('num_prompts', 1), 1):.0f} samples"
+    caption = f"Task {task}, {profile} profile: {n}{f', judge {judge}' if judge else ''}."
+    stem = Path(out_dir) / f"table.tmp{os.getpid()}"
+    attribute = evaluator.__name__.rsplit(".", 1)[-1].capitalize()
+    make_table(rows, evaluator.metrics(task), stem, labels, percent, reference, caption, attribute)
+    for suffix in (".md", ".csv", ".tex"):
+        os.replace(f"{stem}{suffix}", Path(out_dir) / f"table{suffix}")
     note = (f"Bars: mean; whiskers: 95% bootstrap interval over prompts; dashed line: {BASELINE.lower()}. "
             f"{n}{f', judge {judge}' if judge else ''}.")  # fmt: skip
     with atomic_output(Path(out_dir) / "plot.png") as png:

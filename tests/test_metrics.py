@@ -194,3 +194,25 @@ def test_unscored_samples_are_left_out_and_counted():
     assert metrics["num_unscored"] == 2 and metrics["num_samples"] == 2
     assert metrics["avg_max_toxicity"] == pytest.approx((0.9 + 0.2) / 2)
     assert metrics["perplexity"] == pytest.approx(25)
+
+
+def test_recount_keeps_what_it_does_not_recount(tmp_path):
+    """Recounting the text metrics of a committed row keeps its provenance, cost and the other metrics."""
+    import shutil
+
+    from evaluation.recount import recount
+    from tests.conftest import ROOT
+
+    task = tmp_path / "mini" / "repetition"
+    shutil.copytree(ROOT / "results/reference/mini/repetition/base", task / "base")
+    pd.DataFrame({"method": ["Base model"]}).to_csv(task / "table.csv", index=False)
+    record = {"suite_commit": "abc", "packages": {"torch": "2.13.0"}}
+    for path in [task / "base/metrics.json", task / "base/seed0/metrics.json"]:
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps(metrics | {"provenance": record}))
+    before = json.loads((task / "base/metrics.json").read_text())
+    assert recount(tmp_path / "mini") == ["repetition/base"]
+    after = json.loads((task / "base/metrics.json").read_text())
+    assert after["provenance"] == record and after["seeds"][0]["provenance"] == record
+    assert after["cost"] == before["cost"] and after["rep_4_greedy"] == pytest.approx(before["rep_4_greedy"])
+    assert (task / "table.md").read_text().count("Base model") == 1

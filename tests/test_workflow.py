@@ -75,7 +75,9 @@ def test_test_profile_runs_end_to_end(repo_copy):
     assert table["avg_max_toxicity"].between(0, 1).all() and (table["perplexity"] > 1).all()
     assert (table["train_seconds"] > 0).all() and (table["peak_rss_mb"] > 0).all()
     assert "Quark (worst-quantile token)" in (out / "table.md").read_text()
-    assert (out / "table.tex").read_text().startswith("\\begin{tabular}")
+    tex = (out / "table.tex").read_text()
+    assert tex.startswith("\\begin{table}") and "\\caption{Task toxicity, test profile: 6 prompts" in tex
+    assert "\\multicolumn{3}{c}{Toxicity}" in tex and "{Fluency}" in tex and "\\toprule" in tex
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "quark" / "seed0" / "metrics.json").read_text())
     assert metrics["num_prompts"] == 6 and metrics["num_samples"] == 18
