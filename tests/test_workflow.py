@@ -77,7 +77,7 @@ def test_test_profile_runs_end_to_end(repo_copy):
     assert "Quark (worst-quantile token)" in (out / "table.md").read_text()
     tex = (out / "table.tex").read_text()
     assert tex.startswith("\\begin{table}") and "\\caption{Task toxicity, test profile: 6 prompts" in tex
-    assert "\\multicolumn{3}{c}{Toxicity}" in tex and "{Fluency}" in tex and "\\toprule" in tex
+    assert "\\multicolumn{3}{c}{Toxicity}" in tex and "Fluency &" in tex and "\\toprule" in tex
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "quark" / "seed0" / "metrics.json").read_text())
     assert metrics["num_prompts"] == 6 and metrics["num_samples"] == 18
