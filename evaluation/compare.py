@@ -70,9 +70,11 @@ def row_provenance(task_dir: Path) -> dict[str, dict | None]:
 
 def provenance_differences(run_dir: Path, reference_dir: Path, flagged: pd.DataFrame) -> list[str]:
     """One line per flagged (task, row): what differs between the rerun's provenance and the reference's."""
-    lines = []
+    lines, read = [], {}  # each task directory's rows read once
     for task, method in flagged[["task", "method"]].drop_duplicates().itertuples(index=False):
-        ref, run = row_provenance(reference_dir / task).get(method), row_provenance(run_dir / task).get(method)
+        if task not in read:
+            read[task] = row_provenance(reference_dir / task), row_provenance(run_dir / task)
+        ref, run = read[task][0].get(method), read[task][1].get(method)
         if ref is None or run is None:
             lines.append(f"{task} / {method}: provenance not recorded in the {'reference' if ref is None else 'rerun'}")
             continue

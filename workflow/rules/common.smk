@@ -343,7 +343,7 @@ def job_resources(rule):
     gpu = GPUS if rule in MODEL_RULES else 0
     partition = (c["gpu_partition"] or c["partition"]) if gpu else c["partition"]
     return {"mem_mb": request("mem_mb", rule), "runtime": request("runtime", rule),
-            **({"gpu": gpu} if rule in MODEL_RULES else {}),
+            **({"gpu": GPUS} if rule in MODEL_RULES else {}),
             **({"slurm_account": c["account"]} if c["account"] else {}),
             **({"slurm_partition": partition} if partition else {})}  # fmt: skip
 
