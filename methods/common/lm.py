@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from methods.common.sampling import Packed, completion_logits, pack
+from methods.common.speed import adamw
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (prefix ids, target ids)
 
@@ -71,8 +72,8 @@ def train_lm(
         raise ValueError("train_lm needs at least one (prefix, target) pair")
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=schedule.lr,
-                                  weight_decay=schedule.weight_decay)  # fmt: skip
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=schedule.lr,
+                      weight_decay=schedule.weight_decay)  # fmt: skip
     scheduler = get_linear_schedule_with_warmup(optimizer, min(schedule.warmup_steps, schedule.steps), schedule.steps)
     order: list[int] = []
     losses = []

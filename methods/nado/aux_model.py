@@ -49,6 +49,7 @@ from methods.common.models import encode_prompts
 from methods.common.probe import concordance, held_out_prompts
 from methods.common.rollout import sample_and_score
 from methods.common.sampling import Packed, completion_logits, pack
+from methods.common.speed import adamw
 from methods.common.task import Task
 
 HEAD_FILE = "r_head.safetensors"
@@ -377,7 +378,7 @@ def fit_aux(
     if cfg.r_freeze_embeddings:
         aux.backbone.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in aux.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.r_lr)
+    optimizer = adamw(params, lr=cfg.r_lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg.r_warmup_steps, cfg.r_steps), cfg.r_steps)
     labels = torch.tensor(labels_of(samples, cfg.label_threshold))
     use_sampler = bool(cfg.consistency_coef) and sampler is not None

@@ -48,6 +48,7 @@ from methods.common.kl import KLController, masked_mean
 from methods.common.models import encode_prompts, load_model
 from methods.common.rollout import score_completions
 from methods.common.sampling import Packed, completion_logits, pack, sample
+from methods.common.speed import adamw
 from methods.common.task import Task
 
 SOURCE = "methods/ppo/method.yaml"
@@ -270,7 +271,7 @@ class Trainer:
         self.batches = plan_batches(cfg, len(self.prompts), seed)
         total_steps = sum(cfg.ppo_epochs * math.ceil(len(b) / cfg.minibatch_size) for _, b in self.batches)
         params = list(self.policy.parameters()) + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, min(cfg.warmup_steps, total_steps), total_steps
         )

@@ -56,6 +56,7 @@ from methods.common.models import encode_prompts, load_model, read_meta
 from methods.common.probe import controllability, held_out_prompts
 from methods.common.rollout import score_completions
 from methods.common.sampling import Packed, Sampling, completion_logits, pack, sample
+from methods.common.speed import adamw
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
 from methods.quark.pool import PROBE_ROUND, Pool, Sample, assign_quantiles
@@ -241,8 +242,7 @@ class Trainer:
             self.ref = load_model(base_model, self.device)[0].requires_grad_(False)
         self.prompt_ids = encode_prompts(self.tokenizer, [p.text for p in self.prompts], cfg.max_prompt_tokens)
         total_steps = cfg.num_rounds * cfg.steps_per_round
-        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
-                                      weight_decay=cfg.weight_decay)  # fmt: skip
+        optimizer = adamw([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.zero3 = self.configure_deepspeed()
         self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
         self.scheduler = get_linear_schedule_with_warmup(

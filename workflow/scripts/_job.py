@@ -11,10 +11,13 @@ from pathlib import Path
 import torch
 
 from methods.common.errors import run_cli
+from methods.common.speed import keep_freed_memory
 
 
 def setup(snakemake) -> None:
-    """Use the job's threads, never more than the machine has; quiet the libraries' own chatter."""
+    """Use the job's threads, never more than the machine has; keep freed memory (methods/common/speed.py); quiet
+    the libraries' own chatter."""
+    keep_freed_memory()
     torch.set_num_threads(max(1, min(int(snakemake.threads), os.cpu_count() or 1)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
