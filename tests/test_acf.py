@@ -15,6 +15,7 @@ import yaml
 from methods.acf import acf
 from methods.acf.schedule import Schedule
 from methods.base import generate as base_generate
+from methods.common.benchmarks import combine_benchmarks
 from methods.common.data import Prompt, read_jsonl, write_json
 from methods.common.probe import concordance
 from methods.common.rewards import get_reward
@@ -267,7 +268,7 @@ def test_round_benchmarks_combine_into_one_row(tmp_path):
     for k, row in enumerate(rows):
         paths.append(tmp_path / f"job{k}.tsv")
         paths[-1].write_text(header + row)
-    acf.combine_benchmarks(paths, tmp_path / "all.tsv")
+    combine_benchmarks(paths, tmp_path / "all.tsv")
     out = pd.read_csv(tmp_path / "all.tsv", sep="\t").iloc[0]
     assert out["s"] == 40.0 and out["max_rss"] == 700.0 and out["cpu_time"] == 29.0 and out["h:m:s"] == "0:00:40"
     assert out["mean_load"] == pytest.approx((10 * 100 + 30 * 50) / 40)

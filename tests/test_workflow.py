@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from methods.dexperts.dexperts import read_ensemble
 from tests.conftest import ROOT, snakemake
 
 TEST = "workflow/config/test.yaml"
@@ -299,6 +300,34 @@ def test_evaluation_settings_never_retrain(repo_copy):
     trained = [line.split()[1] for line in (result.stdout + result.stderr).splitlines()
                if line.strip().startswith("output:") and line.strip().endswith("model.json")]  # fmt: skip
     assert trained == ["results/test/toxicity/quark/seed0/model.json"], trained
+
+
+def expert_jobs(result) -> list[str]:
+    """The outputs of the planned dexperts_expert jobs."""
+    lines = (result.stdout + result.stderr).splitlines()
+    return sorted(lines[i + 2].split()[1] for i, line in enumerate(lines) if line.startswith("rule dexperts_expert"))
+
+
+def test_the_two_sentiment_columns_share_their_experts_roles_swapped(repo_copy):
+    rows = override(repo_copy, methods=["base", "dexperts"], tasks=["sentiment-positive", "sentiment-negative"])
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows)
+    run = "results/test/sentiment-positive/dexperts/seed0"
+    assert expert_jobs(result) == [f"{run}/antiexpert", f"{run}/expert"], result.stdout[-3000:]
+    built = snakemake(
+        repo_copy, "--configfile", TEST, rows, "--", "results/test/sentiment-negative/dexperts/seed0/model.json"
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    manifest = repo_copy / "results/test/sentiment-negative/dexperts/seed0/ensemble"
+    spec = read_ensemble(manifest)
+    assert spec["expert"].resolve() == (repo_copy / run / "antiexpert").resolve()
+    assert spec["antiexpert"].resolve() == (repo_copy / run / "expert").resolve()
+    assert json.loads((repo_copy / run / "antiexpert/train_stats.json").read_text())["texts"] > 0
+    # a setting that differs between the two columns trains each column its own experts
+    (repo_copy / "change.yaml").write_text(yaml.safe_dump({"hparams": {"dexperts": {"per_task": {
+        "sentiment-negative": {"lr": 0.5}}}}}))  # fmt: skip
+    apart = expert_jobs(snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows, "change.yaml"))
+    negative = "results/test/sentiment-negative/dexperts/seed0"
+    assert apart == [f"{negative}/antiexpert", f"{negative}/expert"], apart  # sentiment-positive's are built already
 
 
 def test_budget_curve_trains_each_multiple_once_and_plots_it(repo_copy):

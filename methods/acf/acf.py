@@ -18,17 +18,16 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, PreTrainedModel, set_seed
 
 from methods.acf.schedule import Schedule
+from methods.common.benchmarks import combine_benchmarks
 from methods.common.config import from_dict
 from methods.common.data import write_json, write_jsonl
 from methods.common.heldout import MAX_TEXT_TOKENS, heldout_split, model_perplexity
@@ -203,18 +202,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def combine_benchmarks(paths: list[Path], out_path: Path) -> None:
-    """One Snakemake-style benchmark row for all round jobs: seconds, I/O and CPU time summed; memory the maximum."""
-    rows = pd.concat([pd.read_csv(p, sep="\t").iloc[:1] for p in paths], ignore_index=True)
-    rows = rows.apply(pd.to_numeric, errors="coerce")
-    out = {col: rows[col].max() if col.startswith("max_") else rows[col].sum() for col in rows if col != "h:m:s"}
-    if "mean_load" in rows:
-        out["mean_load"] = float((rows["mean_load"] * rows["s"]).sum() / max(rows["s"].sum(), 1e-9))
-    out["h:m:s"] = str(timedelta(seconds=round(float(out["s"]))))
-    columns = ["s", "h:m:s", *[c for c in rows if c not in ("s", "h:m:s")]]
-    pd.DataFrame([out])[columns].to_csv(out_path, sep="\t", index=False, float_format="%.2f")
 
 
 def finish(task: Task, base_model: Path, out_dir: Path, cfg: AcfConfig, *, device: str,

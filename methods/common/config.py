@@ -65,14 +65,6 @@ def _checked(value, hint, key: str, source: str):
     raise SuiteError(f"{source}: hyperparameter '{key}' must be {names}, not {value!r}")
 
 
-def help_table(cls: type) -> str:
-    """Markdown table of a config's fields, defaults and help, for the method READMEs."""
-    rows = ["| option | default | help |", "| --- | --- | --- |"]
-    for f in dataclasses.fields(cls):
-        rows.append(f"| `{f.name}` | `{f.default!r}` | {f.metadata.get('help', '')} |")
-    return "\n".join(rows)
-
-
 def from_dict_for_task(cls: type[T], values: dict, task: str, source: str) -> T:
     """`from_dict` after merging `values["per_task"][task]` over the other values.
 

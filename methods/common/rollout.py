@@ -33,7 +33,7 @@ def score_completions(
 
 
 @dataclass
-class Rollout:
+class ScoredSamples:
     """Scored samples, one per chosen prompt; the samples the reward could not score are dropped and counted."""
 
     prompt_index: list[int]  # index into the prompt list of each kept sample
@@ -55,7 +55,7 @@ def sample_and_score(
     sampling: Sampling,
     suppress_ids: list[int] | None = None,
     desc: str = "rollout",
-) -> Rollout:
+) -> ScoredSamples:
     """Sample one completion of `prefixes[i]` for each i in `chosen` and score it against `prompts[i]`."""
     started = time.perf_counter()
     batch = [prefixes[i] for i in chosen]
@@ -64,5 +64,5 @@ def sample_and_score(
     texts, rewards = score_completions(reward, tokenizer, [prompts[i] for i in chosen], completions,
                                        desc=f"{desc}: scoring")  # fmt: skip
     keep = [k for k, r in enumerate(rewards) if r is not None]
-    return Rollout([chosen[k] for k in keep], [completions[k] for k in keep], [texts[k] for k in keep],
+    return ScoredSamples([chosen[k] for k in keep], [completions[k] for k in keep], [texts[k] for k in keep],
                    [rewards[k] for k in keep], len(rewards) - len(keep), sum(map(len, completions)), seconds)  # fmt: skip
