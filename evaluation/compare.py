@@ -44,8 +44,18 @@ def compare(run_dir: Path, reference_dir: Path, tasks: list[str] | None = None) 
                 value = run.at[method, m] if m in run.columns else float("nan")  # a metric the rerun lacks: flagged
                 # a metric without an interval (a count such as uniq) must match the reference
                 outside = value != reference if pd.isna(lo) or pd.isna(hi) else not lo <= value <= hi
-                rows.append({"task": task, "method": method, "metric": m, "reference": reference,
-                             "ci_low": lo, "ci_high": hi, "rerun": value, "outside_ci": bool(outside)})  # fmt: skip
+                rows.append(
+                    {
+                        "task": task,
+                        "method": method,
+                        "metric": m,
+                        "reference": reference,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "rerun": value,
+                        "outside_ci": bool(outside),
+                    }
+                )
     return pd.DataFrame(rows)
 
 

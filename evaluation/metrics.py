@@ -64,13 +64,18 @@ def bootstrap_pooled_ci(
     if len(counts) < 2:
         value = float(pooled(counts.sum(axis=0)))
         return (value, value)
-    return _bootstrap(np.arange(len(counts)), lambda idx, axis=-1: pooled(counts[idx].sum(axis=-2)),
-                      confidence, n_resamples, seed)  # fmt: skip
+    return _bootstrap(
+        np.arange(len(counts)), lambda idx, axis=-1: pooled(counts[idx].sum(axis=-2)), confidence, n_resamples, seed
+    )
 
 
 def _bootstrap(data, statistic, confidence, n_resamples, seed) -> tuple[float, float]:
     res = stats.bootstrap(
-        (data,), statistic, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
+        (data,),
+        statistic,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
         random_state=np.random.default_rng(seed),
-    )  # fmt: skip
+    )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))

@@ -57,15 +57,21 @@ def recount(results_dir: Path) -> list[str]:
         evaluator = importlib.import_module(task_spec(task).evaluator)
         rows = []
         for name in pd.read_csv(table_path)["method"]:
-            row_file = next((p for p in task_dir.glob("*/metrics.json") if json.loads(p.read_text())["method"] == name),
-                            None)  # fmt: skip
+            row_file = next(
+                (p for p in task_dir.glob("*/metrics.json") if json.loads(p.read_text())["method"] == name), None
+            )
             if row_file is None:
                 raise SuiteError(f"{table_path}: no {task}/<row>/metrics.json for the row '{name}'")
             per_seed = [recount_seed(d, evaluator, task) for d in sorted(row_file.parent.glob("seed*"))]
             old = json.loads(row_file.read_text())
-            row = {"method": name, **aggregate_metrics(per_seed), "cost": old["cost"],
-                   "train_stats": old.get("train_stats", {}),
-                   **({"provenance": old["provenance"]} if "provenance" in old else {}), "seeds": per_seed}  # fmt: skip
+            row = {
+                "method": name,
+                **aggregate_metrics(per_seed),
+                "cost": old["cost"],
+                "train_stats": old.get("train_stats", {}),
+                **({"provenance": old["provenance"]} if "provenance" in old else {}),
+                "seeds": per_seed,
+            }
             write_json(row_file, row)
             rows.append((name, row))
             done.append(f"{task}/{row_file.parent.name}")

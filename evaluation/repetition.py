@@ -32,9 +32,17 @@ DECODINGS = ["greedy", "sampling"]
 NS = (2, 3, 4)
 POOLED = ["rep_2", "rep_3", "rep_4", "diversity"]
 PER_COMPLETION = ["reward", "seq_rep_4", "repeat_16", "perplexity"]
-NAMES = {"rep_2": "Rep-2 ↓", "rep_3": "Rep-3 ↓", "rep_4": "Rep-4 ↓", "diversity": "Diversity ↑",
-         "reward": "Reward ↑", "seq_rep_4": "Seq-rep-4 ↓", "repeat_16": "Repeat-16 ↓", "uniq": "Uniq ↑",
-         "perplexity": "Perplexity"}  # fmt: skip
+NAMES = {
+    "rep_2": "Rep-2 ↓",
+    "rep_3": "Rep-3 ↓",
+    "rep_4": "Rep-4 ↓",
+    "diversity": "Diversity ↑",
+    "reward": "Reward ↑",
+    "seq_rep_4": "Seq-rep-4 ↓",
+    "repeat_16": "Repeat-16 ↓",
+    "uniq": "Uniq ↑",
+    "perplexity": "Perplexity",
+}
 LABELS = {f"{m}_{d}": f"{NAMES[m]} ({d})" for d in DECODINGS for m in [*POOLED, *PER_COMPLETION, "uniq"]}
 
 
@@ -86,14 +94,22 @@ def completion_scores(record: dict) -> dict[str, float]:
     words = record["text"].strip().split()
     ids = record["token_ids"]
     counts = [c for n in NS for c in simctg_counts(words, n)]
-    return {**{f"count_{i}": c for i, c in enumerate(counts)}, "reward": diversity(record["text"].split()),
-            "seq_rep_4": rep_n(ids, 4), "repeat_16": repeat_w(ids, 16)}  # fmt: skip
+    return {
+        **{f"count_{i}": c for i, c in enumerate(counts)},
+        "reward": diversity(record["text"].split()),
+        "seq_rep_4": rep_n(ids, 4),
+        "repeat_16": repeat_w(ids, 16),
+    }
 
 
 def text_metrics(records: list[dict]) -> tuple[dict, pd.DataFrame]:
     """Every metric but perplexity, per decoding, with 95% intervals over prefixes; and the per-prefix table."""
-    frame = pd.DataFrame([{"prompt_id": r["prompt_id"], "decoding": r.get("decoding", "sampling"),
-                           **completion_scores(r)} for r in records])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {"prompt_id": r["prompt_id"], "decoding": r.get("decoding", "sampling"), **completion_scores(r)}
+            for r in records
+        ]
+    )
     count_cols = [f"count_{i}" for i in range(2 * len(NS))]
     out: dict = {"ci95": {}}
     tables = []
@@ -126,8 +142,13 @@ def evaluate(
 ) -> tuple[dict, pd.DataFrame]:
     """Metrics per decoding; `scorer` is unused (repetition is measured on the text itself)."""
     out, table = text_metrics(records)
-    frame = pd.DataFrame({"prompt_id": [r["prompt_id"] for r in records], "perplexity": perplexity,
-                          "decoding": [r.get("decoding", "sampling") for r in records]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "prompt_id": [r["prompt_id"] for r in records],
+            "perplexity": perplexity,
+            "decoding": [r.get("decoding", "sampling") for r in records],
+        }
+    )
     for d in DECODINGS:
         sub = frame[frame["decoding"] == d]
         if sub.empty:

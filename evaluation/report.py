@@ -49,8 +49,12 @@ def aggregate_metrics(per_seed: list[dict]) -> dict:
     out["num_seeds"] = len(per_seed)
     out["seed_std"] = {k: float(np.std([m[k] for m in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0 for k in names}
     cis = [m.get("ci95", {}) for m in per_seed]
-    out["ci95"] = {k: None if any(c.get(k) is None for c in cis) else
-                   [float(np.mean([c[k][0] for c in cis])), float(np.mean([c[k][1] for c in cis]))] for k in cis[0]}  # fmt: skip
+    out["ci95"] = {
+        k: None
+        if any(c.get(k) is None for c in cis)
+        else [float(np.mean([c[k][0] for c in cis])), float(np.mean([c[k][1] for c in cis]))]
+        for k in cis[0]
+    }
     return out
 
 
@@ -208,8 +212,18 @@ def make_table(
     )
     if reference is not None:
         source, ref_rows = reference
-        ref = pd.DataFrame([{"Method": r["method"], **{label[k]: "–" if r.get(k) is None else
-                             _fmt(r[k], 100.0 if k in percent else 1.0) for k in metrics}} for r in ref_rows])  # fmt: skip
+        ref = pd.DataFrame(
+            [
+                {
+                    "Method": r["method"],
+                    **{
+                        label[k]: "–" if r.get(k) is None else _fmt(r[k], 100.0 if k in percent else 1.0)
+                        for k in metrics
+                    },
+                }
+                for r in ref_rows
+            ]
+        )
         ref = ref.loc[:, (ref != "–").any(axis=0)]
         md += f"\nPublished numbers, for reference only ({source}; other model, judge and scale):\n\n"
         md += ref.to_markdown(index=False, disable_numparse=True) + "\n"
@@ -239,8 +253,10 @@ def write_task_report(
     make_table(rows, evaluator.metrics(task), stem, labels, percent, reference, caption, attribute)
     for suffix in (".md", ".csv", ".tex"):
         os.replace(f"{stem}{suffix}", Path(out_dir) / f"table{suffix}")
-    note = (f"Bars: mean; whiskers: 95% bootstrap interval over prompts; dashed line: {BASELINE.lower()}. "
-            f"{n}{f', judge {judge}' if judge else ''}.")  # fmt: skip
+    note = (
+        f"Bars: mean; whiskers: 95% bootstrap interval over prompts; dashed line: {BASELINE.lower()}. "
+        f"{n}{f', judge {judge}' if judge else ''}."
+    )
     with atomic_output(Path(out_dir) / "plot.png") as png:
         make_plot(rows, evaluator.plotted(task), f"{task} ({profile} profile)", png, labels, percent, note)
 
@@ -263,8 +279,10 @@ def make_plot(
     for ax, k in zip(np.atleast_1d(axes), metrics):
         scale = 100.0 if k in percent else 1.0
         values = np.array([m.get(k, np.nan) for _, m in rows][::-1], dtype=float) * scale
-        cis = [np.array(m["ci95"].get(k), dtype=float) * scale if m["ci95"].get(k) else (v, v)
-               for (_, m), v in zip(rows[::-1], values)]  # fmt: skip
+        cis = [
+            np.array(m["ci95"].get(k), dtype=float) * scale if m["ci95"].get(k) else (v, v)
+            for (_, m), v in zip(rows[::-1], values)
+        ]
         lo, hi = np.array([c[0] for c in cis], dtype=float), np.array([c[1] for c in cis], dtype=float)
         ax.barh(names, values, xerr=[values - lo, hi - values], color="#4c72b0", capsize=3)
         if BASELINE in names:
@@ -291,8 +309,12 @@ def write_budget_curve(task: str, rows: list[tuple[str, int, dict]], out_dir: st
     metrics, labels = evaluator.plotted(task), evaluator.LABELS
     records = []
     for method, budget, m in rows:
-        record = {"method": method, "budget": budget, "scored_samples": m.get("train_stats", {}).get("scored_samples"),
-                  "train_minutes": m["cost"]["train_seconds"] / 60}  # fmt: skip
+        record = {
+            "method": method,
+            "budget": budget,
+            "scored_samples": m.get("train_stats", {}).get("scored_samples"),
+            "train_minutes": m["cost"]["train_seconds"] / 60,
+        }
         for k in metrics:
             low, high = m["ci95"].get(k) or (None, None)
             record |= {k: m.get(k), f"{k}_ci_low": low, f"{k}_ci_high": high}

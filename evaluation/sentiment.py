@@ -16,9 +16,15 @@ from evaluation.metrics import bootstrap_ci, distinct_metrics
 from evaluation.scorers import Scorer
 
 PROMPT_TYPES = {"sentiment-positive": ["negative", "neutral"], "sentiment-negative": ["positive", "neutral"]}
-LABELS = {"positive_rate_negative": "% positive, negative prompts", "positive_rate_neutral": "% positive, neutral prompts",
-          "positive_rate_positive": "% positive, positive prompts", "perplexity": "Perplexity ↓", "dist_1": "Dist-1 ↑",
-          "dist_2": "Dist-2 ↑", "dist_3": "Dist-3 ↑"}  # fmt: skip
+LABELS = {
+    "positive_rate_negative": "% positive, negative prompts",
+    "positive_rate_neutral": "% positive, neutral prompts",
+    "positive_rate_positive": "% positive, positive prompts",
+    "perplexity": "Perplexity ↓",
+    "dist_1": "Dist-1 ↑",
+    "dist_2": "Dist-2 ↑",
+    "dist_3": "Dist-3 ↑",
+}
 PERCENT = {"positive_rate_negative", "positive_rate_neutral", "positive_rate_positive"}
 
 
@@ -32,16 +38,26 @@ def labels(task: str) -> dict[str, str]:
 # not comparable in scale or judge with the rows this suite computes.
 PAPER_ROWS = {
     "sentiment-positive": {
-        "GPT-2": (0.00, 50.02, 11.42), "PPLM": (8.72, 52.68, None), "CTRL": (18.88, 61.81, None),
-        "GeDi": (26.80, 86.01, None), "DExperts": (36.42, 94.46, None), "DAPT": (14.17, 77.24, None),
-        "PPO": (43.13, 94.10, 15.16), "Quark": (46.55, 95.00, 14.54),
+        "GPT-2": (0.00, 50.02, 11.42),
+        "PPLM": (8.72, 52.68, None),
+        "CTRL": (18.88, 61.81, None),
+        "GeDi": (26.80, 86.01, None),
+        "DExperts": (36.42, 94.46, None),
+        "DAPT": (14.17, 77.24, None),
+        "PPO": (43.13, 94.10, 15.16),
+        "Quark": (46.55, 95.00, 14.54),
     },
     "sentiment-negative": {
-        "GPT-2": (99.08, 50.02, None), "PPLM": (89.74, 39.05, None), "CTRL": (79.05, 37.63, None),
-        "GeDi": (39.57, 8.73, None), "DExperts": (35.99, 3.77, None), "DAPT": (87.43, 33.28, None),
-        "PPO": (32.22, 3.65, None), "Quark": (27.50, 2.75, None),
+        "GPT-2": (99.08, 50.02, None),
+        "PPLM": (89.74, 39.05, None),
+        "CTRL": (79.05, 37.63, None),
+        "GeDi": (39.57, 8.73, None),
+        "DExperts": (35.99, 3.77, None),
+        "DAPT": (87.43, 33.28, None),
+        "PPO": (32.22, 3.65, None),
+        "Quark": (27.50, 2.75, None),
     },
-}  # fmt: skip
+}
 PAPER_SOURCE = "Lu et al. (NeurIPS 2022), Table 2: GPT-2 large, DistilBERT-SST-2 judge"
 
 
@@ -56,8 +72,10 @@ def plotted(task: str) -> list[str]:
 def paper_rows(task: str) -> list[dict]:
     """The paper's numbers as rows keyed like this suite's metrics (rates as fractions)."""
     first, second = (f"positive_rate_{t}" for t in PROMPT_TYPES[task])
-    return [{"method": name, first: a / 100, second: b / 100, "perplexity": ppl}
-            for name, (a, b, ppl) in PAPER_ROWS[task].items()]  # fmt: skip
+    return [
+        {"method": name, first: a / 100, second: b / 100, "perplexity": ppl}
+        for name, (a, b, ppl) in PAPER_ROWS[task].items()
+    ]
 
 
 def text_metrics(records: list[dict]) -> tuple[dict, pd.DataFrame]:
@@ -70,15 +88,26 @@ def evaluate(
 ) -> tuple[dict, pd.DataFrame]:
     """Positive rate per prompt type; samples the judge could not score (None) are left out and counted."""
     positive = scorer([r["prompt"] + r["text"] for r in records])
-    frame = pd.DataFrame({"prompt_id": [r["prompt_id"] for r in records], "text": [r["text"] for r in records],
-                          "p_positive": positive, "perplexity": perplexity})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "prompt_id": [r["prompt_id"] for r in records],
+            "text": [r["text"] for r in records],
+            "p_positive": positive,
+            "perplexity": perplexity,
+        }
+    )
     frame["type"] = [prompts[r["prompt_id"]].meta.get("sentiment_type") for r in records]
     unscored = int(frame["p_positive"].isna().sum())
     frame = frame.dropna(subset=["p_positive"])
     frame["positive"] = (frame["p_positive"] > 0.5).astype(float)
     groups = frame.groupby("prompt_id", sort=False)
-    table = pd.DataFrame({"type": groups["type"].first(), "positive_rate": groups["positive"].mean(),
-                          "perplexity": groups["perplexity"].mean()})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "type": groups["type"].first(),
+            "positive_rate": groups["positive"].mean(),
+            "perplexity": groups["perplexity"].mean(),
+        }
+    )
     out: dict = {"ci95": {}}
     for t in PROMPT_TYPES[task]:
         rates = table.loc[table["type"] == t, "positive_rate"].to_numpy()

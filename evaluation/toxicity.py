@@ -13,9 +13,15 @@ from evaluation.metrics import bootstrap_ci, distinct_metrics, distinct_table
 from evaluation.scorers import Scorer
 
 METRICS = ["avg_max_toxicity", "toxicity_probability", "mean_toxicity", "perplexity", "dist_1", "dist_2", "dist_3"]
-LABELS = {"avg_max_toxicity": "Avg. max toxicity ↓", "toxicity_probability": "Toxicity prob. ↓",
-          "mean_toxicity": "Mean toxicity ↓", "perplexity": "Perplexity ↓", "dist_1": "Dist-1 ↑", "dist_2": "Dist-2 ↑",
-          "dist_3": "Dist-3 ↑"}  # fmt: skip
+LABELS = {
+    "avg_max_toxicity": "Avg. max toxicity ↓",
+    "toxicity_probability": "Toxicity prob. ↓",
+    "mean_toxicity": "Mean toxicity ↓",
+    "perplexity": "Perplexity ↓",
+    "dist_1": "Dist-1 ↑",
+    "dist_2": "Dist-2 ↑",
+    "dist_3": "Dist-3 ↑",
+}
 
 
 def metrics(task: str) -> list[str]:
@@ -27,8 +33,14 @@ def plotted(task: str) -> list[str]:
 
 
 def per_prompt_table(records: list[dict], toxicity: list[float], perplexity: list[float]) -> pd.DataFrame:
-    df = pd.DataFrame({"prompt_id": [r["prompt_id"] for r in records], "text": [r["text"] for r in records],
-                       "toxicity": toxicity, "perplexity": perplexity})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "prompt_id": [r["prompt_id"] for r in records],
+            "text": [r["text"] for r in records],
+            "toxicity": toxicity,
+            "perplexity": perplexity,
+        }
+    )
     groups = df.groupby("prompt_id", sort=False)
     return pd.DataFrame(
         {
@@ -42,8 +54,15 @@ def per_prompt_table(records: list[dict], toxicity: list[float], perplexity: lis
     )
 
 
-PER_PROMPT_COLUMN = {"avg_max_toxicity": "max_toxicity", "toxicity_probability": "toxic", "mean_toxicity": "mean_toxicity",
-                     "perplexity": "perplexity", "dist_1": "dist_1", "dist_2": "dist_2", "dist_3": "dist_3"}  # fmt: skip
+PER_PROMPT_COLUMN = {
+    "avg_max_toxicity": "max_toxicity",
+    "toxicity_probability": "toxic",
+    "mean_toxicity": "mean_toxicity",
+    "perplexity": "perplexity",
+    "dist_1": "dist_1",
+    "dist_2": "dist_2",
+    "dist_3": "dist_3",
+}
 
 
 def text_metrics(records: list[dict]) -> tuple[dict, pd.DataFrame]:

@@ -45,9 +45,11 @@ class HeadConfig:
     )
     pooling: str = field(
         default="token",
-        metadata={"help": "'token': per-token logits pooled by log-mean-exp, plus a mean-pooled linear term; "
-                  "'mean': a linear model on the mean-pooled states only"},
-    )  # fmt: skip
+        metadata={
+            "help": "'token': per-token logits pooled by log-mean-exp, plus a mean-pooled linear term; "
+            "'mean': a linear model on the mean-pooled states only"
+        },
+    )
     hidden: int = field(default=64, metadata={"help": "width of the per-token MLP (0: a linear per-token logit)"})
     epochs: int = field(default=6, metadata={"help": "passes over the training texts"})
     lr: float = field(
@@ -91,8 +93,9 @@ class MiniLMStates:
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(self.device)  # fmt: skip
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         hidden = self.model(**batch, output_hidden_states=True).hidden_states  # layers + 1 of (B, T, 384)
         states = torch.cat([hidden[layer] for layer in self.layers], dim=-1)
         return states.float(), batch["attention_mask"].float()
@@ -148,8 +151,11 @@ class ToxicityHead(nn.Module):
         features = width * len(config.layers)
         self.mean = nn.Linear(features, 1)
         if config.pooling == "token":
-            self.token = (nn.Sequential(nn.Linear(features, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1))
-                          if config.hidden else nn.Linear(features, 1))  # fmt: skip
+            self.token = (
+                nn.Sequential(nn.Linear(features, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1))
+                if config.hidden
+                else nn.Linear(features, 1)
+            )
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(1).clamp(min=1)

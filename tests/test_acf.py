@@ -58,8 +58,16 @@ def beats(better: np.ndarray, worse: np.ndarray, gap: float) -> tuple[bool, tupl
 
 
 def sample_records(generate, model_dir, task, out, **kwargs) -> list[dict]:
-    generate(model_dir, task.train_prompts, 10, Sampling(max_new_tokens=8, top_p=1.0, batch_size=200), out, seed=1,
-             device="cpu", **kwargs)  # fmt: skip
+    generate(
+        model_dir,
+        task.train_prompts,
+        10,
+        Sampling(max_new_tokens=8, top_p=1.0, batch_size=200),
+        out,
+        seed=1,
+        device="cpu",
+        **kwargs,
+    )
     return read_jsonl(out)
 
 
@@ -190,8 +198,10 @@ def test_a_zero_head_leaves_q_equal_to_p_and_nado_decoding_equal_to_the_base_mod
     fresh.save(tmp_path / "nado")
     write_json(tmp_path / "nado" / nado.META_FILE, {"base_model": str(path), "alpha": 1.0})
     prompts = synthetic_task().train_prompts[:4]
-    decodings = {"nucleus": Sampling(max_new_tokens=6, top_p=0.9),
-                 "greedy": Sampling(max_new_tokens=6, top_p=1.0, do_sample=False)}  # fmt: skip
+    decodings = {
+        "nucleus": Sampling(max_new_tokens=6, top_p=0.9),
+        "greedy": Sampling(max_new_tokens=6, top_p=1.0, do_sample=False),
+    }
     for name, sampling in decodings.items():
         base_generate(path, prompts, 3, sampling, tmp_path / f"base_{name}.jsonl", seed=0, device="cpu")
         nado.generate(tmp_path / "nado", prompts, 3, sampling, tmp_path / f"nado_{name}.jsonl", seed=0, device="cpu")
@@ -216,8 +226,14 @@ def test_one_r_step_moves_r_towards_the_labels(tiny):
     path, tokenizer, _ = tiny
     r = AuxModel.from_base(path, 1)
     good, bad = [10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 24, 25]
-    samples = [{"prompt_ids": [5 + k, 6], "completion_ids": (good if k % 2 == 0 else bad)[k % 3 :][:3],
-                "reward": float(k % 2 == 0)} for k in range(8)]  # fmt: skip
+    samples = [
+        {
+            "prompt_ids": [5 + k, 6],
+            "completion_ids": (good if k % 2 == 0 else bad)[k % 3 :][:3],
+            "reward": float(k % 2 == 0),
+        }
+        for k in range(8)
+    ]
     packed = pack([s["prompt_ids"] for s in samples], [s["completion_ids"] for s in samples], tokenizer.pad_token_id)
     labels = torch.tensor([s["reward"] for s in samples])
 
@@ -277,8 +293,18 @@ def test_round_benchmarks_combine_into_one_row(tmp_path):
 def test_nado_decoding_raises_the_reward(tiny, tmp_path):
     path, _, _ = tiny
     task = synthetic_task()
-    hparams = dict(num_samples=400, samples_per_prompt=10, r_probe_prompts=6, r_layers=1, r_steps=60, r_batch_size=32,
-                   r_lr=3e-2, r_warmup_steps=2, r_freeze_embeddings=False, sample_batch_size=200)  # fmt: skip
+    hparams = dict(
+        num_samples=400,
+        samples_per_prompt=10,
+        r_probe_prompts=6,
+        r_layers=1,
+        r_steps=60,
+        r_batch_size=32,
+        r_lr=3e-2,
+        r_warmup_steps=2,
+        r_freeze_embeddings=False,
+        sample_batch_size=200,
+    )
     model_dir = nado.train(task, path, tmp_path / "nado", hparams, seed=0, device="cpu")
     base = rewards_of(sample_records(base_generate, path, task, tmp_path / "base.jsonl"))
     steered = rewards_of(sample_records(nado.generate, model_dir, task, tmp_path / "nado.jsonl"))
@@ -304,12 +330,36 @@ def test_acf_raises_the_reward_that_plain_fine_tuning_on_the_same_corpus_does_no
     path, _, _ = tiny
     task = synthetic_task()
     rounds, steps, lr = 3, 20, 1e-2
-    hparams = dict(q_star_anchor=anchor, r_probe_prompts=4, samples_per_prompt=5, num_rounds=rounds, samples_per_round=200, lm_steps_per_round=steps, lm_batch_size=8,
-                   kl_batch_size=16, lm_lr=lr, lm_warmup_steps=1, kl_coef=1.0, r_layers=1, r_steps=30, r_batch_size=32,
-                   r_lr=1e-2, r_warmup_steps=2, label_threshold=0.25, r_freeze_embeddings=False, sample_batch_size=200)  # fmt: skip
+    hparams = dict(
+        q_star_anchor=anchor,
+        r_probe_prompts=4,
+        samples_per_prompt=5,
+        num_rounds=rounds,
+        samples_per_round=200,
+        lm_steps_per_round=steps,
+        lm_batch_size=8,
+        kl_batch_size=16,
+        lm_lr=lr,
+        lm_warmup_steps=1,
+        kl_coef=1.0,
+        r_layers=1,
+        r_steps=30,
+        r_batch_size=32,
+        r_lr=1e-2,
+        r_warmup_steps=2,
+        label_threshold=0.25,
+        r_freeze_embeddings=False,
+        sample_batch_size=200,
+    )
     acf_dir = acf.train(task, path, tmp_path / "acf", hparams, seed=0, device="cpu")
-    ft_dir = finetune.train(task, path, tmp_path / "ft", dict(steps=rounds * steps, batch_size=8, lr=lr, warmup_steps=1),
-                            seed=0, device="cpu")  # fmt: skip
+    ft_dir = finetune.train(
+        task,
+        path,
+        tmp_path / "ft",
+        dict(steps=rounds * steps, batch_size=8, lr=lr, warmup_steps=1),
+        seed=0,
+        device="cpu",
+    )
     regularised = rewards_of(sample_records(base_generate, acf_dir, task, tmp_path / "acf.jsonl"))
     plain = rewards_of(sample_records(base_generate, ft_dir, task, tmp_path / "ft.jsonl"))
     ok, detail = beats(regularised, plain, 0.08)
@@ -327,10 +377,15 @@ def test_fine_tuning_learns_its_corpus(tiny, tmp_path):
     text = CORPUS[3]
     task = synthetic_task([text] * 40)
     shown = get_reward("token_set", token_ids=sorted(set(tokenizer(text)["input_ids"])))
-    model_dir = finetune.train(task, path, tmp_path / "ft", dict(steps=30, batch_size=8, lr=3e-2, warmup_steps=1),
-                               seed=0, device="cpu")  # fmt: skip
-    tuned, base = (np.array(shown([], [], completion_ids=[r["token_ids"] for r in records])) for records in
-                   (sample_records(base_generate, d, task, tmp_path / f"{k}.jsonl") for k, d in enumerate([model_dir, path])))  # fmt: skip
+    model_dir = finetune.train(
+        task, path, tmp_path / "ft", dict(steps=30, batch_size=8, lr=3e-2, warmup_steps=1), seed=0, device="cpu"
+    )
+    tuned, base = (
+        np.array(shown([], [], completion_ids=[r["token_ids"] for r in records]))
+        for records in (
+            sample_records(base_generate, d, task, tmp_path / f"{k}.jsonl") for k, d in enumerate([model_dir, path])
+        )
+    )
     ok, detail = beats(tuned, base, 0.3)
     assert ok, detail
     stats = json.loads((tmp_path / "ft" / "train_stats.json").read_text())
@@ -344,9 +399,17 @@ def test_dry_run_schedules_acf_rounds_as_jobs(repo_copy):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     run = "results/test/toxicity/acf/seed0"
-    for path in [f"{run}/rounds/samples0.jsonl", f"{run}/rounds/r0", f"{run}/rounds/lm1", f"{run}/rounds/r2",
-                 f"{run}/rounds/lm3", f"{run}/model.json", f"{run}/train.benchmark.tsv",
-                 "results/test/toxicity/nado/seed0/model.json", "results/test/toxicity/finetune/seed0/model.json"]:  # fmt: skip
+    for path in [
+        f"{run}/rounds/samples0.jsonl",
+        f"{run}/rounds/r0",
+        f"{run}/rounds/lm1",
+        f"{run}/rounds/r2",
+        f"{run}/rounds/lm3",
+        f"{run}/model.json",
+        f"{run}/train.benchmark.tsv",
+        "results/test/toxicity/nado/seed0/model.json",
+        "results/test/toxicity/finetune/seed0/model.json",
+    ]:
         assert path in out, path
     counts = {rule: out.count(f"rule {rule}:") for rule in ("acf_sample", "acf_train_r", "acf_train_lm", "acf_finish")}
     assert counts == {"acf_sample": 3, "acf_train_r": 2, "acf_train_lm": 3, "acf_finish": 1}, counts

@@ -28,15 +28,23 @@ COST = ("seconds", "minutes", "rss")  # the table's cost columns differ between 
 def start(repo: Path) -> subprocess.Popen:
     (repo / "small.yaml").write_text(yaml.safe_dump(SMALL))
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "all", "--configfile", TEST, "small.yaml"]
-    return subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"}, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+        start_new_session=True,
+    )
 
 
 def outputs(repo: Path, skip: Path) -> dict[str, int]:
     """Modification times of every result file outside `skip` (the job in flight)."""
     root = repo / "results"
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file() and skip not in p.parents}  # fmt: skip
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and skip not in p.parents
+    }
 
 
 def test_a_killed_dag_reruns_only_unfinished_jobs_and_ends_with_the_same_table(repo_copy, tmp_path):

@@ -112,8 +112,13 @@ def synthetic_corpus(tokenizer, n: int = 600, length: int = 10, seed: int = 0) -
 
 def synthetic_task(tokenizer) -> Task:
     prompts = [Prompt(f"p{i}", " ".join(t.split()[:3]), {}) for i, t in enumerate(CORPUS)]
-    return Task("synthetic", prompts, get_reward("token_set", token_ids=WANTED), Sampling(max_new_tokens=8),
-                synthetic_corpus(tokenizer))  # fmt: skip
+    return Task(
+        "synthetic",
+        prompts,
+        get_reward("token_set", token_ids=WANTED),
+        Sampling(max_new_tokens=8),
+        synthetic_corpus(tokenizer),
+    )
 
 
 def mean_reward(path) -> tuple[float, float]:

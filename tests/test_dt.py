@@ -55,8 +55,16 @@ def test_dt_raises_a_synthetic_reward_and_works_as_a_dial(tiny, tmp_path):
     reward = get_reward("token_set", token_ids=wanted)
     prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
     task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=8))
-    hparams = dict(num_samples=640, steps=120, batch_size=32, lr=1e-2, warmup_steps=5, sample_batch_size=160,
-                   probe_prompts=6, probe_samples_per_prompt=100)  # fmt: skip
+    hparams = dict(
+        num_samples=640,
+        steps=120,
+        batch_size=32,
+        lr=1e-2,
+        warmup_steps=5,
+        sample_batch_size=160,
+        probe_prompts=6,
+        probe_samples_per_prompt=100,
+    )
     model_dir = dt.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
 
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
@@ -71,8 +79,13 @@ def test_dt_raises_a_synthetic_reward_and_works_as_a_dial(tiny, tmp_path):
     prefixes = encode_prompts(tok, [p.text for p in prompts], 32)
     scores = {}
     for name, k in (("best", meta["best_bin"]), ("worst", meta["worst_bin"])):
-        completions = sample(model, tok, [[ids[k]] + p for p in prefixes for _ in range(8)],
-                             Sampling(max_new_tokens=8, batch_size=160), ids)  # fmt: skip
+        completions = sample(
+            model,
+            tok,
+            [[ids[k]] + p for p in prefixes for _ in range(8)],
+            Sampling(max_new_tokens=8, batch_size=160),
+            ids,
+        )
         assert not any(t in ids for c in completions for t in c)
         scores[name] = np.array(reward([], [], completion_ids=completions))
     best, stderr = scores["best"].mean(), scores["best"].std(ddof=1) / np.sqrt(len(scores["best"]))

@@ -48,8 +48,10 @@ def test_long_prompts_are_cut_from_the_left_with_one_warning(tiny):
 
 
 def test_entry_points_print_one_line_and_exit_1():
-    code = ("from methods.common.errors import run_cli, SuiteError\n"
-            "def main():\n    raise SuiteError('data/x.jsonl:3: no prompt')\nrun_cli(main)\n")  # fmt: skip
+    code = (
+        "from methods.common.errors import run_cli, SuiteError\n"
+        "def main():\n    raise SuiteError('data/x.jsonl:3: no prompt')\nrun_cli(main)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr == "error: data/x.jsonl:3: no prompt\n"

@@ -107,8 +107,9 @@ def test_heldout_nll_is_the_unfiltered_decoding_distribution(tiny, cclm):
 def test_gedi_raises_the_synthetic_reward_over_the_base_model(tiny, tmp_path):
     path, tokenizer, _ = tiny
     task = synthetic_task(tokenizer)
-    hparams = dict(steps=12, batch_size=16, lr=1e-2, warmup_steps=2, wanted_min_score=0.4, unwanted_max_score=0.1,
-                   eval_texts=40)  # fmt: skip
+    hparams = dict(
+        steps=12, batch_size=16, lr=1e-2, warmup_steps=2, wanted_min_score=0.4, unwanted_max_score=0.1, eval_texts=40
+    )
     model_dir = gedi.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     assert stats["class_accuracy"] > 0.9, stats

@@ -116,8 +116,15 @@ def mini_train_prompts(task: str) -> int:
         prompts = wikitext_prefixes(train, d["prefix_words"], d["min_continuation_words"], d["train_prompts"])
     else:
         prompts = read_prompts(ROOT / d["train_prompts"])
-    return len(select_prompts(prompts, d.get("train_max_prompts"), 0, d.get("train_min_prompt_toxicity"),
-                              d.get("train_max_prompt_toxicity")))  # fmt: skip
+    return len(
+        select_prompts(
+            prompts,
+            d.get("train_max_prompts"),
+            0,
+            d.get("train_min_prompt_toxicity"),
+            d.get("train_max_prompt_toxicity"),
+        )
+    )
 
 
 def test_the_mini_profile_scores_as_many_samples_as_quark_explores_on_every_task():
@@ -191,8 +198,14 @@ def counting_task(run_dir) -> Task:
 
 def run_driver(model_dir, run_dir, kill: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "ROOT": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", DRIVER, str(model_dir), str(run_dir), str(kill)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, str(model_dir), str(run_dir), str(kill)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_job_killed_mid_checkpoint_resumes_from_trls_last_complete_one_and_ends_bitwise_equal(tiny, tmp_path):
@@ -208,8 +221,10 @@ def test_a_job_killed_mid_checkpoint_resumes_from_trls_last_complete_one_and_end
     ]
     assert not (run / "trl" / "checkpoint-4" / "trainer_state.json").exists()  # cut short, before the rotation
     assert scored(run) == 4 * 8
-    with pytest.raises(SuiteError, match="^" + re.escape(f"{run}: holds an unfinished GRPO run with other settings "
-                                                         "(lr); rerun with its settings")):  # fmt: skip
+    with pytest.raises(
+        SuiteError,
+        match="^" + re.escape(f"{run}: holds an unfinished GRPO run with other settings (lr); rerun with its settings"),
+    ):
         grpo.train(counting_task(run), path, run, {**RESUME_HPARAMS, "lr": 1e-3}, seed=0, device="cpu")
 
     second = run_driver(path, run, kill=0)

@@ -55,8 +55,16 @@ def lora_run(tiny, tmp_path_factory):
     reward = get_reward("token_set", token_ids=list(range(40, 70)))
     prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
     task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=6))
-    hparams = dict(num_rounds=2, steps_per_round=4, prompts_per_round=8, sample_batch_size=8, batch_size=4, lr=1e-2,
-                   warmup_steps=1, lora=LORA)  # fmt: skip
+    hparams = dict(
+        num_rounds=2,
+        steps_per_round=4,
+        prompts_per_round=8,
+        sample_batch_size=8,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=1,
+        lora=LORA,
+    )
     out = tmp_path_factory.mktemp("lora") / "run"
     seen = {}
     original = quark.Trainer.save_checkpoint
@@ -77,8 +85,9 @@ def lora_run(tiny, tmp_path_factory):
 def test_only_adapters_and_reward_token_rows_train(lora_run):
     path, model_dir, seen = lora_run
     assert seen["ref"] is None  # the reference is the policy with its adapters off: one copy of the base
-    assert seen["tensors"] and all(".lora_A." in n or ".lora_B." in n or "trainable_tokens_delta" in n
-                                   for n in seen["tensors"])  # fmt: skip
+    assert seen["tensors"] and all(
+        ".lora_A." in n or ".lora_B." in n or "trainable_tokens_delta" in n for n in seen["tensors"]
+    )
     base, merged = load_file(path / "model.safetensors"), load_file(model_dir / "model.safetensors")
     meta = json.loads((model_dir / quark.META_FILE).read_text())
     v0, new = meta["base_vocab_size"], meta["reward_token_ids"]

@@ -24,8 +24,11 @@ def test_distinct_n_divides_by_words_as_dexperts_and_quark_count():
 
 
 def _records(texts_by_prompt):
-    return [{"prompt_id": pid, "prompt": "p", "sample": i, "text": t, "token_ids": [1]}
-            for pid, texts in texts_by_prompt.items() for i, t in enumerate(texts)]  # fmt: skip
+    return [
+        {"prompt_id": pid, "prompt": "p", "sample": i, "text": t, "token_ids": [1]}
+        for pid, texts in texts_by_prompt.items()
+        for i, t in enumerate(texts)
+    ]
 
 
 def test_distinct_metrics_average_over_prompts():
@@ -148,11 +151,15 @@ def test_compare_flags_values_outside_the_reference_interval(tmp_path):
                 "uniq": [480, 862 if name == "reference" else 861],  # a count: no interval, so it must match
                 "uniq_ci_low": [float("nan")] * 2,
                 "uniq_ci_high": [float("nan")] * 2,
-            }  # fmt: skip
+            }
         ).to_csv(tmp_path / name / "toxicity" / "table.csv", index=False)
     frame = compare(tmp_path / "rerun", tmp_path / "reference").set_index(["metric", "method"])["outside_ci"]
-    assert frame.to_dict() == {("avg_max_toxicity", "Base"): False, ("avg_max_toxicity", "Quark"): True,
-                               ("uniq", "Base"): False, ("uniq", "Quark"): True}  # fmt: skip
+    assert frame.to_dict() == {
+        ("avg_max_toxicity", "Base"): False,
+        ("avg_max_toxicity", "Quark"): True,
+        ("uniq", "Base"): False,
+        ("uniq", "Quark"): True,
+    }
     # a rerun of one column: the reference's other tasks are skipped when the rerun's are named, and only then
     (tmp_path / "reference" / "repetition").mkdir()
     (tmp_path / "reference" / "toxicity" / "table.csv").rename(tmp_path / "reference" / "repetition" / "table.csv")
@@ -170,9 +177,14 @@ def test_compare_names_what_differs_in_the_provenance_of_flagged_rows(tmp_path):
     from evaluation.compare import provenance_differences
 
     record = {"suite_commit": "abc", "packages": {"torch": "2.13.0", "transformers": "5.24.0"}, "bf16": True}
-    rows = {("reference", "quark"): record, ("rerun", "quark"): record | {"packages": {"torch": "2.14.1",
-            "transformers": "5.24.0"}, "bf16": False}, ("reference", "ppo"): record, ("rerun", "ppo"): record,
-            ("reference", "gedi"): None, ("rerun", "gedi"): record}  # fmt: skip
+    rows = {
+        ("reference", "quark"): record,
+        ("rerun", "quark"): record | {"packages": {"torch": "2.14.1", "transformers": "5.24.0"}, "bf16": False},
+        ("reference", "ppo"): record,
+        ("rerun", "ppo"): record,
+        ("reference", "gedi"): None,
+        ("rerun", "gedi"): record,
+    }
     for (run, row), prov in rows.items():
         (tmp_path / run / "toxicity" / row).mkdir(parents=True)
         metrics = {"method": row.upper(), **({"provenance": {"train": prov, "evaluate": prov}} if prov else {})}

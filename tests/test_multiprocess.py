@@ -23,8 +23,16 @@ from safetensors.torch import load_file
 from methods.common.data import write_json, write_jsonl
 from tests.conftest import CORPUS, ROOT
 
-HPARAMS = dict(num_rounds=2, steps_per_round=3, prompts_per_round=9, sample_batch_size=2, batch_size=5, lr=1e-2,
-               warmup_steps=1, checkpoint_every=2)  # fmt: skip
+HPARAMS = dict(
+    num_rounds=2,
+    steps_per_round=3,
+    prompts_per_round=9,
+    sample_batch_size=2,
+    batch_size=5,
+    lr=1e-2,
+    warmup_steps=1,
+    checkpoint_every=2,
+)
 TRAIN_JOB = ROOT / "workflow/scripts/train_job.py"
 
 
@@ -33,10 +41,19 @@ def write_job(tmp_path: Path, model_dir: Path, out_dir: Path) -> Path:
     prompts = [{"id": f"p{i}", "prompt": " ".join(t.split()[: 3 + i % 4])} for i, t in enumerate(CORPUS[:9])]
     write_jsonl(tmp_path / "prompts.jsonl", prompts)
     write_jsonl(tmp_path / "corpus.jsonl", [{"text": "unused", "score": None}])
-    job = {"method": "quark", "task": "synthetic", "prompts": str(tmp_path / "prompts.jsonl"),
-           "corpus": str(tmp_path / "corpus.jsonl"), "base": str(model_dir), "hparams": HPARAMS, "seed": 0,
-           "reward": {"name": "token_set", "token_ids": list(range(40, 70))}, "device": "cpu", "out_dir": str(out_dir),
-           "sampling": {"max_new_tokens": 6, "top_p": 0.9, "batch_size": 8}}  # fmt: skip
+    job = {
+        "method": "quark",
+        "task": "synthetic",
+        "prompts": str(tmp_path / "prompts.jsonl"),
+        "corpus": str(tmp_path / "corpus.jsonl"),
+        "base": str(model_dir),
+        "hparams": HPARAMS,
+        "seed": 0,
+        "reward": {"name": "token_set", "token_ids": list(range(40, 70))},
+        "device": "cpu",
+        "out_dir": str(out_dir),
+        "sampling": {"max_new_tokens": 6, "top_p": 0.9, "batch_size": 8},
+    }
     path = out_dir.with_suffix(".json")
     write_json(path, job)
     return path
@@ -59,9 +76,21 @@ def test_two_processes_stay_in_lock_step_with_one(tiny, tmp_path):
     train_job.run_job(json.loads(write_job(tmp_path, model_dir, one).read_text()))  # one process, as the DAG runs it
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"  # what `accelerate launch` with ddp.yaml starts
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(TRAIN_JOB),
-                             str(write_job(tmp_path, model_dir, two))], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(TRAIN_JOB),
+            str(write_job(tmp_path, model_dir, two)),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((two / "launched.json").read_text())["model_dir"] == str(two / "model")
 

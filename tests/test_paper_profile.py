@@ -35,9 +35,12 @@ def hub_wikitext(tag: str, articles: int) -> list[dict]:
 HUB_WIKITEXT = {"train": hub_wikitext("train", 4), "test": hub_wikitext("test", 3)}
 # 12 RealToxicityPrompts rows: 7 non-toxic prompts, 4 toxic, 1 unscored
 HUB_RTP = [
-    {"prompt": {"text": f"Prompt number {i} says", "toxicity": tox}, "continuation": {"text": f" more {i}.", "toxicity": 0.1}}
+    {
+        "prompt": {"text": f"Prompt number {i} says", "toxicity": tox},
+        "continuation": {"text": f" more {i}.", "toxicity": 0.1},
+    }
     for i, tox in enumerate([0.1, 0.9, 0.2, 0.3, 0.8, None, 0.05, 0.6, 0.4, 0.7, 0.15, 0.45])
-]  # fmt: skip
+]
 
 
 def fake_load_dataset(name: str, config: str | None = None, split: str | None = None):

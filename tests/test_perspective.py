@@ -85,8 +85,14 @@ def client_for(monkeypatch, tmp_path):
     clients = []
 
     def make(endpoint: str, **kwargs) -> PerspectiveClient:
-        options = {"cache": tmp_path / "perspective.sqlite", "qps": 1000.0, "timeout": 2.0, "max_retries": 3,
-                   "base_delay": 0.01, **kwargs}  # fmt: skip
+        options = {
+            "cache": tmp_path / "perspective.sqlite",
+            "qps": 1000.0,
+            "timeout": 2.0,
+            "max_retries": 3,
+            "base_delay": 0.01,
+            **kwargs,
+        }
         clients.append(PerspectiveClient(endpoint=endpoint, **options))
         return clients[-1]
 

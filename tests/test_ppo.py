@@ -94,8 +94,18 @@ def test_clipped_surrogate_and_value_loss_on_hand_made_numbers():
     values = torch.tensor([[0.5, 0.5, -0.1, 0.0]], requires_grad=True)
     returns = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
     mask = torch.ones(1, 4)
-    loss, stats = ppo.ppo_loss(logprobs, values, old_logprobs, old_values, advantages, returns, mask,
-                               cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)  # fmt: skip
+    loss, stats = ppo.ppo_loss(
+        logprobs,
+        values,
+        old_logprobs,
+        old_values,
+        advantages,
+        returns,
+        mask,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
+    )
     # per token max(-A r, -A clip(r)): -1.2 (clipped), -0.5, 0.8 (clipped), 1.5
     assert stats["policy_loss"] == pytest.approx((-1.2 - 0.5 + 0.8 + 1.5) / 4)
     assert stats["clipfrac"] == pytest.approx(0.5)
@@ -113,8 +123,14 @@ def test_clipped_surrogate_and_value_loss_on_hand_made_numbers():
 def test_padding_tokens_do_not_count_in_the_loss():
     mask = ragged_mask([2], 3)
     # (logprobs, values, old logprobs, old values, advantages, returns): only the padded third token is extreme
-    args = [torch.tensor([[-1.0, -1.0, 50.0]]), torch.tensor([[0.2, 0.2, 50.0]]), torch.full((1, 3), -1.0),
-            torch.zeros(1, 3), torch.tensor([[1.0, -1.0, 50.0]]), torch.tensor([[0.2, 0.2, -50.0]])]  # fmt: skip
+    args = [
+        torch.tensor([[-1.0, -1.0, 50.0]]),
+        torch.tensor([[0.2, 0.2, 50.0]]),
+        torch.full((1, 3), -1.0),
+        torch.zeros(1, 3),
+        torch.tensor([[1.0, -1.0, 50.0]]),
+        torch.tensor([[0.2, 0.2, -50.0]]),
+    ]
     loss, stats = ppo.ppo_loss(*args, mask, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
     assert loss.item() == pytest.approx(0.0) and stats["clipfrac"] == 0
 
@@ -129,9 +145,20 @@ def test_ppo_raises_the_reward_well_above_the_base_model(tiny, tmp_path, one_thr
     wanted = list(range(40, 70))  # 30 of ~300 tokens: the random base model emits about 10% of them
     reward = get_reward("token_set", token_ids=wanted)
     task = synthetic_task(reward)
-    hparams = dict(num_rounds=10, prompts_per_round=20, samples_per_prompt=8, rollout_batch_size=None,
-                   minibatch_size=32, micro_batch_size=32, ppo_epochs=4, lr=3e-3, kl_coef=0.02, adaptive_kl=False,
-                   sample_batch_size=160, forward_batch_size=160)  # fmt: skip
+    hparams = dict(
+        num_rounds=10,
+        prompts_per_round=20,
+        samples_per_prompt=8,
+        rollout_batch_size=None,
+        minibatch_size=32,
+        micro_batch_size=32,
+        ppo_epochs=4,
+        lr=3e-3,
+        kl_coef=0.02,
+        adaptive_kl=False,
+        sample_batch_size=160,
+        forward_batch_size=160,
+    )
     model_dir = ppo.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
 
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
@@ -155,8 +182,15 @@ def test_unscored_samples_are_dropped_and_counted_never_scored_zero(tiny, tmp_pa
     def every_other(prompts, completions, **kwargs):
         return [None if i % 2 else 0.5 for i in range(len(completions))]
 
-    hparams = dict(num_rounds=2, prompts_per_round=4, samples_per_prompt=3, rollout_batch_size=None, minibatch_size=4,
-                   micro_batch_size=2, ppo_epochs=1)  # fmt: skip
+    hparams = dict(
+        num_rounds=2,
+        prompts_per_round=4,
+        samples_per_prompt=3,
+        rollout_batch_size=None,
+        minibatch_size=4,
+        micro_batch_size=2,
+        ppo_epochs=1,
+    )
     ppo.train(synthetic_task(every_other, 4), path, tmp_path / "run", hparams, seed=0, device="cpu")
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     assert stats["dropped_unscored"] == 12 and stats["scored_samples"] == 12  # 2 rounds x 12 samples, half unscored
@@ -173,8 +207,9 @@ def test_an_all_unscored_batch_is_a_clear_error(tiny, tmp_path, one_thread):
 
 def test_an_unknown_hyperparameter_names_the_method_file(tiny, tmp_path):
     with pytest.raises(SuiteError, match="methods/ppo/method.yaml: unknown hyperparameter"):
-        ppo.train(synthetic_task(lambda p, c, **k: [0.0] * len(c)), tiny[0], tmp_path, {"clip": 0.1}, seed=0,
-                  device="cpu")  # fmt: skip
+        ppo.train(
+            synthetic_task(lambda p, c, **k: [0.0] * len(c)), tiny[0], tmp_path, {"clip": 0.1}, seed=0, device="cpu"
+        )
 
 
 def test_rounds_are_cut_into_rollout_batches_and_each_rounds_draw_depends_on_seed_and_round_only():

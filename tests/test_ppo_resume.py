@@ -28,9 +28,23 @@ from tests.test_resume import counting_task, scored  # Quark's resume test's tas
 
 # 2 rounds of 6 prompts x 2 samples, cut into 4 PPO iterations of 6; a checkpoint after every iteration. An adaptive
 # beta with a short horizon and score normalisation from iteration 0: both must come back from the checkpoint.
-HPARAMS = dict(num_rounds=2, prompts_per_round=6, samples_per_prompt=2, rollout_batch_size=6, minibatch_size=3,
-               micro_batch_size=3, ppo_epochs=2, lr=1e-2, warmup_steps=1, horizon=20.0, target_kl=0.5,
-               sample_batch_size=6, forward_batch_size=6, checkpoint_every=1, keep_checkpoints=2)  # fmt: skip
+HPARAMS = dict(
+    num_rounds=2,
+    prompts_per_round=6,
+    samples_per_prompt=2,
+    rollout_batch_size=6,
+    minibatch_size=3,
+    micro_batch_size=3,
+    ppo_epochs=2,
+    lr=1e-2,
+    warmup_steps=1,
+    horizon=20.0,
+    target_kl=0.5,
+    sample_batch_size=6,
+    forward_batch_size=6,
+    checkpoint_every=1,
+    keep_checkpoints=2,
+)
 SAMPLES = 2 * 6 * 2
 # what each iteration's record must reproduce exactly (the rest are timings)
 COMPARED = ("iteration", "round", "scored", "kl_coef", "reward", "kl", "entropy", "policy_loss", "value_loss")
@@ -61,8 +75,14 @@ ppo.train(counting_task(run_dir), model_dir, run_dir, HPARAMS, seed=0, device="c
 
 def run_driver(model_dir: Path, run_dir: Path, kill_after: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "ROOT": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", DRIVER, str(model_dir), str(run_dir), str(kill_after)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, str(model_dir), str(run_dir), str(kill_after)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_killed_ppo_job_resumes_from_its_checkpoint_and_ends_bitwise_where_an_uninterrupted_one_does(tiny, tmp_path):

@@ -59,8 +59,17 @@ def test_a_trained_quark_model_shows_its_dial_on_held_out_prompts(tiny, tmp_path
     reward = get_reward("token_set", token_ids=wanted)
     prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
     task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=2))  # short: the tiny model learns it fast
-    hparams = dict(num_rounds=6, steps_per_round=40, samples_per_prompt=8, batch_size=32, lr=1e-2, warmup_steps=5,
-                   sample_batch_size=600, probe_prompts=6, probe_samples_per_prompt=100)  # fmt: skip
+    hparams = dict(
+        num_rounds=6,
+        steps_per_round=40,
+        samples_per_prompt=8,
+        batch_size=32,
+        lr=1e-2,
+        warmup_steps=5,
+        sample_batch_size=600,
+        probe_prompts=6,
+        probe_samples_per_prompt=100,
+    )
     model_dir = quark.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     pool = Pool(tmp_path / "run" / "pool.sqlite")
@@ -70,8 +79,12 @@ def test_a_trained_quark_model_shows_its_dial_on_held_out_prompts(tiny, tmp_path
     # chance: the same rewards against shuffled scores; the trained dial must clear it by four of its spreads
     rng = np.random.default_rng(0)
     rewards, groups = [s.reward for s in probe_set], [s.prompt_id for s in probe_set]
-    null = np.array([[concordance(x, rewards), concordance(x, rewards, groups)]
-                     for x in (rng.permutation(len(rewards)) for _ in range(300))])  # fmt: skip
+    null = np.array(
+        [
+            [concordance(x, rewards), concordance(x, rewards, groups)]
+            for x in (rng.permutation(len(rewards)) for _ in range(300))
+        ]
+    )
     margin = 0.5 + 4 * null.std(axis=0)
     assert stats["probe_initial"]["probe_auc"] < margin[0]  # untrained reward tokens: no dial yet
     assert stats["probe_auc"] > margin[0] and stats["probe_auc_within"] > margin[1], (stats, margin)

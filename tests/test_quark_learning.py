@@ -22,8 +22,16 @@ def test_quark_raises_the_reward_of_best_token_samples(tiny, tmp_path):
     reward = get_reward("token_set", token_ids=wanted)
     prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
     task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=8))
-    hparams = dict(num_rounds=8, steps_per_round=40, prompts_per_round=20, samples_per_prompt=8, batch_size=32,
-                   lr=1e-2, warmup_steps=5, sample_batch_size=160)  # fmt: skip
+    hparams = dict(
+        num_rounds=8,
+        steps_per_round=40,
+        prompts_per_round=20,
+        samples_per_prompt=8,
+        batch_size=32,
+        lr=1e-2,
+        warmup_steps=5,
+        sample_batch_size=160,
+    )
     model_dir = quark.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
 
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())

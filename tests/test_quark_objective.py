@@ -120,8 +120,9 @@ def test_reward_token_rows_take_the_scaled_step(tiny, tmp_path):
     )
     rows = {}
     for lr, scale in ((0.0, 1.0), (1e-3, 1.0), (1e-3, 10.0)):  # lr 0: the rows as they were drawn, same seed
-        hparams = dict(num_rounds=1, steps_per_round=1, batch_size=8, lr=lr, warmup_steps=0,
-                       reward_token_lr_scale=scale)  # fmt: skip
+        hparams = dict(
+            num_rounds=1, steps_per_round=1, batch_size=8, lr=lr, warmup_steps=0, reward_token_lr_scale=scale
+        )
         model_dir = quark.train(task, path, tmp_path / f"{lr}-{scale}", hparams, seed=0, device="cpu")
         ids = json.loads((model_dir / quark.META_FILE).read_text())["reward_token_ids"]
         rows[lr, scale] = load_model(model_dir)[0].get_input_embeddings().weight[ids].detach()

@@ -26,8 +26,17 @@ from methods.quark import quark
 from tests.conftest import CORPUS, ROOT
 
 # 3 rounds; 10 prompts x 2 samples in 5 exploration batches per round; 4 steps per round, a checkpoint every 2
-HPARAMS = dict(num_rounds=3, steps_per_round=4, checkpoint_every=2, prompts_per_round=10, samples_per_prompt=2,
-               sample_batch_size=4, batch_size=4, lr=1e-2, warmup_steps=1)  # fmt: skip
+HPARAMS = dict(
+    num_rounds=3,
+    steps_per_round=4,
+    checkpoint_every=2,
+    prompts_per_round=10,
+    samples_per_prompt=2,
+    sample_batch_size=4,
+    batch_size=4,
+    lr=1e-2,
+    warmup_steps=1,
+)
 SLOTS_PER_ROUND = 20
 
 DRIVER = """
@@ -78,8 +87,14 @@ def counting_task(run_dir: str | Path) -> Task:
 
 def run_driver(model_dir: Path, run_dir: Path, kill: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ROOT": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", DRIVER, str(model_dir), str(run_dir), kill], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, str(model_dir), str(run_dir), kill],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def pool_rows(run_dir: Path) -> list[tuple]:

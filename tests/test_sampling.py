@@ -53,8 +53,9 @@ def test_generation_conditions_on_the_chosen_quantile(tiny, tmp_path, monkeypatc
     monkeypatch.setattr("methods.common.generate.sample", spy)
     prompts = [Prompt("a", "the cat", {}), Prompt("b", "a dog", {})]
     for quantile, expected in [("best", ids[0]), ("worst", ids[4]), (2, ids[2])]:
-        quark.generate(out, prompts, 3, Sampling(max_new_tokens=4), tmp_path / "g.jsonl", seed=0, device="cpu",
-                       quantile=quantile)  # fmt: skip
+        quark.generate(
+            out, prompts, 3, Sampling(max_new_tokens=4), tmp_path / "g.jsonl", seed=0, device="cpu", quantile=quantile
+        )
         assert seen["first"] == {expected}
         assert sorted(seen["suppress"]) == sorted(ids)
     records = read_jsonl(tmp_path / "g.jsonl")
@@ -123,8 +124,12 @@ def test_nucleus_frequencies_match_generates_distribution(tiny):
     assert 10 < len(nucleus) < 200 and expected.min() > 50
 
     torch.manual_seed(0)
-    tokens = sample(model, tokenizer, [prompt] * n, Sampling(max_new_tokens=1, top_p=top_p, temperature=temperature,
-                                                            batch_size=n // 4))  # fmt: skip
+    tokens = sample(
+        model,
+        tokenizer,
+        [prompt] * n,
+        Sampling(max_new_tokens=1, top_p=top_p, temperature=temperature, batch_size=n // 4),
+    )
     counts = torch.bincount(torch.tensor([c[0] for c in tokens]), minlength=len(probs)).double()
     assert counts.sum() == n and counts[probs == 0].sum() == 0
     assert chisquare(counts[nucleus], expected).pvalue > 1e-3

@@ -16,9 +16,17 @@ def test_vader_maps_polarity_to_a_probability_of_positive():
 @pytest.fixture
 def tiny_classifier(tmp_path, tiny):
     _, tokenizer, _ = tiny
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
-                        label2id={"NEGATIVE": 0, "POSITIVE": 1}, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
     assert isinstance(tokenizer, PreTrainedTokenizerFast)

@@ -57,8 +57,9 @@ def test_readme_slurm_command_matches_a_local_run(repo_copy):
         *CONFIG,
         "results_dir=cluster",
     ]
-    cluster = subprocess.run(cmd, cwd=repo_copy, capture_output=True, text=True, timeout=1800,
-                             env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    cluster = subprocess.run(
+        cmd, cwd=repo_copy, capture_output=True, text=True, timeout=1800, env={**os.environ, "TQDM_DISABLE": "1"}
+    )
     assert cluster.returncode == 0, (cluster.stdout + cluster.stderr)[-3000:]
     assert "slurm" in (cluster.stdout + cluster.stderr).lower()  # it did go through the executor plugin
     local_files, cluster_files = run_files(repo_copy / "local"), run_files(repo_copy / "cluster")

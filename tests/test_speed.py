@@ -28,8 +28,9 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def faults(keep: bool) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", FAULTS.format(root=str(ROOT), keep=keep)], capture_output=True,
-                         text=True, check=True).stdout.split()  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS.format(root=str(ROOT), keep=keep)], capture_output=True, text=True, check=True
+    ).stdout.split()
     return out[0], int(out[1])
 
 

@@ -69,19 +69,28 @@ def record(pid, sample, text, ids=(1, 2, 3), prompt="p "):
 
 
 def test_sentiment_positive_rate_per_prompt_type_scores_prompt_plus_completion():
-    prompts = {"n1": Prompt("n1", "bad", {"sentiment_type": "negative"}),
-               "n2": Prompt("n2", "bad", {"sentiment_type": "negative"}),
-               "u1": Prompt("u1", "meh", {"sentiment_type": "neutral"})}  # fmt: skip
-    records = [record("n1", 0, "good"), record("n1", 1, "awful"), record("n2", 0, "awful"), record("n2", 1, "awful"),
-               record("u1", 0, "good"), record("u1", 1, "good")]  # fmt: skip
+    prompts = {
+        "n1": Prompt("n1", "bad", {"sentiment_type": "negative"}),
+        "n2": Prompt("n2", "bad", {"sentiment_type": "negative"}),
+        "u1": Prompt("u1", "meh", {"sentiment_type": "neutral"}),
+    }
+    records = [
+        record("n1", 0, "good"),
+        record("n1", 1, "awful"),
+        record("n2", 0, "awful"),
+        record("n2", 1, "awful"),
+        record("u1", 0, "good"),
+        record("u1", 1, "good"),
+    ]
     seen = []
 
     def judge(texts):
         seen.extend(texts)
         return [0.9 if t.endswith("good") else 0.1 for t in texts]
 
-    metrics, table = sentiment.evaluate(records, judge, [10.0, 20.0, 30.0, 40.0, 50.0, 60.0], prompts,
-                                        "sentiment-positive")  # fmt: skip
+    metrics, table = sentiment.evaluate(
+        records, judge, [10.0, 20.0, 30.0, 40.0, 50.0, 60.0], prompts, "sentiment-positive"
+    )
     assert seen[0] == "p good"  # the judge reads prompt + completion
     assert metrics["positive_rate_negative"] == pytest.approx(0.25)  # (1/2 + 0/2) / 2 prompts
     assert metrics["positive_rate_neutral"] == pytest.approx(1.0)
@@ -91,9 +100,11 @@ def test_sentiment_positive_rate_per_prompt_type_scores_prompt_plus_completion()
 
 
 def test_repetition_metrics_per_decoding_word_and_token_level():
-    records = [{**record("a", 0, "x y x y x y", ids=[5, 6, 5, 6, 5, 6]), "decoding": "greedy"},
-               {**record("a", 0, "x y z w", ids=[5, 6, 7, 8]), "decoding": "sampling"},
-               {**record("a", 1, "x x x x", ids=[9, 9, 9, 9]), "decoding": "sampling"}]  # fmt: skip
+    records = [
+        {**record("a", 0, "x y x y x y", ids=[5, 6, 5, 6, 5, 6]), "decoding": "greedy"},
+        {**record("a", 0, "x y z w", ids=[5, 6, 7, 8]), "decoding": "sampling"},
+        {**record("a", 1, "x x x x", ids=[9, 9, 9, 9]), "decoding": "sampling"},
+    ]
     metrics, _ = repetition.evaluate(records, None, [2.0, 3.0, 5.0], {}, "repetition")
     # SimCTG pools n-grams over completions and stops one short of each text's end. Greedy "x y x y x y":
     # bigrams xy yx xy yx (2 unique of 4), trigrams xyx yxy xyx (2 of 3), 4-grams xyxy yxyx (2 of 2)
@@ -133,14 +144,35 @@ def test_eval_sampling_gives_one_fixed_length_greedy_continuation():
 
 
 def test_table_prints_percentages_missing_intervals_and_labelled_paper_rows(tmp_path):
-    row = {"positive_rate_negative": 0.125, "positive_rate_neutral": 0.5, "perplexity": 12.0, "dist_1": 0.5,
-           "dist_2": 0.8, "dist_3": 0.9, "num_seeds": 1, "seed_std": {}, "num_prompts": 4,
-           "ci95": {"positive_rate_negative": [0.0, 0.25], "positive_rate_neutral": None, "perplexity": [10.0, 14.0],
-                    "dist_1": [0.4, 0.6], "dist_2": [0.7, 0.9], "dist_3": [0.8, 1.0]},
-           "cost": {"train_seconds": 60.0, "generate_seconds": 120.0, "peak_rss_mb": 1024.0}}  # fmt: skip
+    row = {
+        "positive_rate_negative": 0.125,
+        "positive_rate_neutral": 0.5,
+        "perplexity": 12.0,
+        "dist_1": 0.5,
+        "dist_2": 0.8,
+        "dist_3": 0.9,
+        "num_seeds": 1,
+        "seed_std": {},
+        "num_prompts": 4,
+        "ci95": {
+            "positive_rate_negative": [0.0, 0.25],
+            "positive_rate_neutral": None,
+            "perplexity": [10.0, 14.0],
+            "dist_1": [0.4, 0.6],
+            "dist_2": [0.7, 0.9],
+            "dist_3": [0.8, 1.0],
+        },
+        "cost": {"train_seconds": 60.0, "generate_seconds": 120.0, "peak_rss_mb": 1024.0},
+    }
     task = "sentiment-positive"
-    frame = make_table([("Quark", row)], sentiment.metrics(task), tmp_path / "t", sentiment.LABELS, sentiment.PERCENT,
-                       (sentiment.PAPER_SOURCE, sentiment.paper_rows(task)))  # fmt: skip
+    frame = make_table(
+        [("Quark", row)],
+        sentiment.metrics(task),
+        tmp_path / "t",
+        sentiment.LABELS,
+        sentiment.PERCENT,
+        (sentiment.PAPER_SOURCE, sentiment.paper_rows(task)),
+    )
     assert frame.iloc[0]["% positive, negative prompts"] == "12.50 [0.00, 25.00]"
     assert frame.iloc[0]["% positive, neutral prompts"] == "50.00"
     md = (tmp_path / "t.md").read_text()

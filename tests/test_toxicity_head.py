@@ -87,12 +87,14 @@ def test_head_outputs_probabilities_and_round_trips_through_safetensors(tmp_path
         (lambda d: (d / "head.safetensors").write_bytes(b"not a safetensors file"), "head.safetensors"),
         (lambda d: (d / "head.json").write_text("{not json"), "head.json"),
         (lambda d: (d / "head.json").unlink(), "head.json"),
-        (lambda d: (d / "head.json").write_text(json.dumps({"config": {"layers": [6], "hidden": 8}, "width": 32})),
-         "head.safetensors"),
+        (
+            lambda d: (d / "head.json").write_text(json.dumps({"config": {"layers": [6], "hidden": 8}, "width": 32})),
+            "head.safetensors",
+        ),
         (lambda d: (d / "head.json").write_text(json.dumps({"config": {"layers": [9]}, "width": 16})), "head.json"),
     ],
     ids=["garbage-weights", "bad-json", "missing-json", "wrong-width", "bad-layer"],
-)  # fmt: skip
+)
 def test_a_bad_head_file_is_a_one_line_error_naming_it(tmp_path, damage, named):
     save_head(ToxicityHead(HeadConfig(layers=[6], hidden=8), WIDTH), tmp_path)
     damage(tmp_path)

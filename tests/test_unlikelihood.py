@@ -115,8 +115,14 @@ def test_token_level_ul_lowers_the_probability_of_repeating_a_context_token(tiny
     after = {}
     for alpha in (0.0, 1.0, 4.0):
         model = copy.deepcopy(prone)
-        train_lm(model, [(seq[:1], seq[1:])], LMSchedule(steps=20, batch_size=1, lr=3e-3), pad, seed=0,
-                 loss_fn=lambda m, p, a=alpha: unlikelihood.mle_token_ul_loss(m, p, a)[0])  # fmt: skip
+        train_lm(
+            model,
+            [(seq[:1], seq[1:])],
+            LMSchedule(steps=20, batch_size=1, lr=3e-3),
+            pad,
+            seed=0,
+            loss_fn=lambda m, p, a=alpha: unlikelihood.mle_token_ul_loss(m, p, a)[0],
+        )
         after[alpha] = candidate_mass(model, packed)
     # the same MLE updates with the UL term leave less mass on context tokens, the more so the larger alpha
     assert before > 0.3, before
@@ -142,13 +148,19 @@ def repeat_prone(tiny, tmp_path, steps: int = 40) -> tuple[Task, list[list[int]]
     prone = copy.deepcopy(base)
     phrases = [" ".join(t.split()[:3]) for t in CORPUS[:4]]
     loops = encode_texts(tokenizer, [" ".join([p] * 8) for p in phrases], 64)
-    train_lm(prone, [(x[:1], x[1:]) for x in loops], LMSchedule(steps=steps, batch_size=4, lr=1e-2),
-             tokenizer.pad_token_id, seed=0)  # fmt: skip
+    train_lm(
+        prone,
+        [(x[:1], x[1:]) for x in loops],
+        LMSchedule(steps=steps, batch_size=4, lr=1e-2),
+        tokenizer.pad_token_id,
+        seed=0,
+    )
     prone.save_pretrained(tmp_path / "prone")
     tokenizer.save_pretrained(tmp_path / "prone")
     prompts = [Prompt(f"p{i}", p, {}) for i, p in enumerate(phrases)]
-    task = Task("repetition", prompts, get_reward("diversity"), Sampling(max_new_tokens=24),
-                [Text(t, None) for t in CORPUS[:4]])  # fmt: skip
+    task = Task(
+        "repetition", prompts, get_reward("diversity"), Sampling(max_new_tokens=24), [Text(t, None) for t in CORPUS[:4]]
+    )
     prefixes = encode_prompts(tokenizer, [p.text for p in prompts], 16)
     greedy = sample(prone, tokenizer, prefixes, Sampling(max_new_tokens=24, do_sample=False))
     return task, prefixes, greedy
@@ -163,8 +175,17 @@ def test_sequence_level_ul_pushes_down_the_repeats_of_greedy_continuations(tiny,
     assert losses.ngram_candidates(packed, 4).sum() > 0.5 * packed.completion_mask.sum()
     after = {}
     for rate in (0.0, 0.5):  # MLE on human text alone, then the paper's mix with sequence-level updates
-        hparams = dict(token_steps=0, sequence_steps=30, sequence_tune_rate=rate, token_ul_coef=0.0, text_batch_size=4,
-                       sequence_batch_size=4, lr=3e-3, max_text_tokens=32, max_prompt_tokens=16)  # fmt: skip
+        hparams = dict(
+            token_steps=0,
+            sequence_steps=30,
+            sequence_tune_rate=rate,
+            token_ul_coef=0.0,
+            text_batch_size=4,
+            sequence_batch_size=4,
+            lr=3e-3,
+            max_text_tokens=32,
+            max_prompt_tokens=16,
+        )
         run = tmp_path / f"run{rate}"
         model, _ = load_model(unlikelihood.train(task, tmp_path / "prone", run, hparams, seed=0, device="cpu"))
         after[rate] = repeated_token_probability(model, packed)
@@ -187,8 +208,17 @@ def test_quark_with_unlikelihood_pushes_down_repeats_further_than_quark(tiny, tm
     )
     after = {}
     for coef in (0.0, 1.0):
-        hparams = dict(num_rounds=2, steps_per_round=15, samples_per_prompt=2, batch_size=8, lr=3e-3, warmup_steps=1,
-                       max_prompt_tokens=16, sample_batch_size=16, unlikelihood_coef=coef)  # fmt: skip
+        hparams = dict(
+            num_rounds=2,
+            steps_per_round=15,
+            samples_per_prompt=2,
+            batch_size=8,
+            lr=3e-3,
+            warmup_steps=1,
+            max_prompt_tokens=16,
+            sample_batch_size=16,
+            unlikelihood_coef=coef,
+        )
         model_dir = quark.train(task, tmp_path / "prone", tmp_path / f"quark{coef}", hparams, seed=0, device="cpu")
         model, _ = load_model(model_dir)
         best = json.loads((model_dir / "quark.json").read_text())["reward_token_ids"][0]
@@ -212,9 +242,20 @@ def test_ul_on_unwanted_samples_raises_a_synthetic_reward(tiny, tmp_path):
     prompts = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
     task = Task("synthetic", prompts, reward, Sampling(max_new_tokens=8))
     # MLE on samples with >= 2 of 8 wanted tokens, UL on every token of samples with none
-    hparams = dict(num_rounds=4, prompts_per_round=20, samples_per_prompt=8, steps_per_round=30, batch_size=16, ul_batch_size=16, lr=3e-3,
-                   warmup_steps=2, wanted_threshold=0.25, unwanted_threshold=0.1, sample_batch_size=160,
-                   max_grad_norm=None)  # fmt: skip
+    hparams = dict(
+        num_rounds=4,
+        prompts_per_round=20,
+        samples_per_prompt=8,
+        steps_per_round=30,
+        batch_size=16,
+        ul_batch_size=16,
+        lr=3e-3,
+        warmup_steps=2,
+        wanted_threshold=0.25,
+        unwanted_threshold=0.1,
+        sample_batch_size=160,
+        max_grad_norm=None,
+    )
     model_dir = unlikelihood.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     round0 = stats["rounds"][0]["sample_reward"]

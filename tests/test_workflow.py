@@ -43,8 +43,12 @@ def test_dry_run_schedules_a_new_method_directory(repo_copy):
     result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, override(repo_copy, methods=["base", "dummy"]))
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    for path in ["toxicity/dummy/seed0/model.json", "toxicity/dummy/seed0/generations.jsonl",
-                 "toxicity/dummy/seed0/metrics.json", "toxicity/dummy/metrics.json"]:  # fmt: skip
+    for path in [
+        "toxicity/dummy/seed0/model.json",
+        "toxicity/dummy/seed0/generations.jsonl",
+        "toxicity/dummy/seed0/metrics.json",
+        "toxicity/dummy/metrics.json",
+    ]:
         assert f"results/test/{path}" in out, path
     assert "toxicity/quark/" not in out
 
@@ -135,30 +139,52 @@ BAD_INPUTS = {
     "unknown method": (lambda r: {"methods": ["base", "nope"]}, ["unknown method 'nope'"]),
     "unknown task": (lambda r: {"tasks": ["nope"]}, ["unknown task 'nope'"]),
     "no usable wikitext prefix": (lambda r: {"data": {"repetition": {"prefix_words": 5000}}}, ["no usable prefix"]),
-    "missing prompts": (lambda r: {"data": {"toxicity": {"eval_prompts": "data/none.jsonl"}}},
-                        ["prompts file not found", "data/none.jsonl"]),
-    "bad json line": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "bad.jsonl", '{"prompt": "a"}\n{oops\n')}}},
-                      ["data/bad.jsonl:2", "not valid JSON"]),
-    "no prompt": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "np.jsonl", '{"prompt": "a"}\n{"text": "b"}\n')}}},
-                  ["data/np.jsonl:2", "no prompt"]),
-    "empty prompts": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "empty.jsonl", "\n")}}},
-                      ["data/empty.jsonl", "no prompts"]),
+    "missing prompts": (
+        lambda r: {"data": {"toxicity": {"eval_prompts": "data/none.jsonl"}}},
+        ["prompts file not found", "data/none.jsonl"],
+    ),
+    "bad json line": (
+        lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "bad.jsonl", '{"prompt": "a"}\n{oops\n')}}},
+        ["data/bad.jsonl:2", "not valid JSON"],
+    ),
+    "no prompt": (
+        lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "np.jsonl", '{"prompt": "a"}\n{"text": "b"}\n')}}},
+        ["data/np.jsonl:2", "no prompt"],
+    ),
+    "empty prompts": (
+        lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "empty.jsonl", "\n")}}},
+        ["data/empty.jsonl", "no prompts"],
+    ),
     "model path": (lambda r: {"base_model": "path:/no/such/model"}, ["model directory not found", "/no/such/model"]),
-    "control character": (lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "cc.jsonl", '{"prompt": "a\tb"}\n')}}},
-                          ["data/cc.jsonl:1", "Invalid control character at column 14"]),
-    "no method runs a task": (lambda r: {"methods": ["dexperts"], "tasks": ["repetition"]},
-                              ["no requested method runs task 'repetition'"]),
-    "unknown judge": (lambda r: {"scorers": {"toxicity": "nope"}},
-                      ["scorers.toxicity: unknown scorer 'nope'", "minilm_toxicity", "perspective"]),
-    "unknown reward scorer": (lambda r: {"reward": {"toxicity": {"scorer": "nope"}}},
-                              ["reward.toxicity: unknown scorer 'nope'"]),
-    "unknown reward": (lambda r: {"reward": {"toxicity": {"name": "nope"}}},
-                       ["reward.toxicity.name: unknown reward 'nope'", "diversity"]),
-    "results_dir is a file": (lambda r: {"results_dir": write(r, "blocker", "a file\n")},
-                              ["results_dir", "data/blocker is a file"]),
-    "results_dir under a file": (lambda r: {"results_dir": write(r, "blocker2", "a file\n") + "/sub"},
-                                 ["results_dir", "data/blocker2 is a file"]),
-}  # fmt: skip
+    "control character": (
+        lambda r: {"data": {"toxicity": {"eval_prompts": write(r, "cc.jsonl", '{"prompt": "a\tb"}\n')}}},
+        ["data/cc.jsonl:1", "Invalid control character at column 14"],
+    ),
+    "no method runs a task": (
+        lambda r: {"methods": ["dexperts"], "tasks": ["repetition"]},
+        ["no requested method runs task 'repetition'"],
+    ),
+    "unknown judge": (
+        lambda r: {"scorers": {"toxicity": "nope"}},
+        ["scorers.toxicity: unknown scorer 'nope'", "minilm_toxicity", "perspective"],
+    ),
+    "unknown reward scorer": (
+        lambda r: {"reward": {"toxicity": {"scorer": "nope"}}},
+        ["reward.toxicity: unknown scorer 'nope'"],
+    ),
+    "unknown reward": (
+        lambda r: {"reward": {"toxicity": {"name": "nope"}}},
+        ["reward.toxicity.name: unknown reward 'nope'", "diversity"],
+    ),
+    "results_dir is a file": (
+        lambda r: {"results_dir": write(r, "blocker", "a file\n")},
+        ["results_dir", "data/blocker is a file"],
+    ),
+    "results_dir under a file": (
+        lambda r: {"results_dir": write(r, "blocker2", "a file\n") + "/sub"},
+        ["results_dir", "data/blocker2 is a file"],
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -227,8 +253,18 @@ def test_slurm_profile_sizes_requests_from_the_config_profile(repo_copy):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     user = repo_copy / "cluster.yaml"
     user.write_text("device: cuda\ncluster: {account: lab, partition: cpu, gpu_partition: gpu}\n")
-    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, str(user), "--profile", "workflow/profiles/slurm",
-                       "--set-resources", "train:mem_mb=5000")  # fmt: skip
+    result = snakemake(
+        repo_copy,
+        "-n",
+        "all",
+        "--configfile",
+        TEST,
+        str(user),
+        "--profile",
+        "workflow/profiles/slurm",
+        "--set-resources",
+        "train:mem_mb=5000",
+    )
     blocks = resources_by_rule(result)
     assert {"train", "generate", "evaluate", "base_model"} <= set(blocks)
     assert "mem_mb=5000" in blocks["train"] and "runtime=15" in blocks["train"], blocks["train"]
@@ -257,15 +293,24 @@ def test_a_request_no_node_can_take_fails_before_submission(repo_copy, tmp_path)
         (bin_dir / tool).chmod(0o755)
     env_path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     cmd = [sys.executable, "-m", "snakemake", "all", "--configfile", TEST, "--profile", "workflow/profiles/slurm"]
-    result = subprocess.run(cmd, cwd=repo_copy, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PATH": env_path})  # fmt: skip
-    assert_one_line_error(result, "asks 1 CPUs and 3000 MB", "partition 'default'", "2 CPUs/2000 MB",
-                          "cluster.mem_mb.")  # fmt: skip
+    result = subprocess.run(
+        cmd, cwd=repo_copy, capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": env_path}
+    )
+    assert_one_line_error(result, "asks 1 CPUs and 3000 MB", "partition 'default'", "2 CPUs/2000 MB", "cluster.mem_mb.")
     assert not (repo_copy / "results").exists()
 
 
-TRAINING_RULES = {"prepare_train_prompts", "prepare_corpus", "train", "dexperts_expert", "dexperts_ensemble",
-                  "acf_sample", "acf_train_r", "acf_train_lm", "acf_finish"}  # fmt: skip
+TRAINING_RULES = {
+    "prepare_train_prompts",
+    "prepare_corpus",
+    "train",
+    "dexperts_expert",
+    "dexperts_ensemble",
+    "acf_sample",
+    "acf_train_r",
+    "acf_train_lm",
+    "acf_finish",
+}
 
 
 def planned_rules(result) -> set[str]:
@@ -297,8 +342,11 @@ def test_evaluation_settings_never_retrain(repo_copy):
     result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows, "change.yaml")
     planned = planned_rules(result)
     assert planned & TRAINING_RULES == {"train"}, planned
-    trained = [line.split()[1] for line in (result.stdout + result.stderr).splitlines()
-               if line.strip().startswith("output:") and line.strip().endswith("model.json")]  # fmt: skip
+    trained = [
+        line.split()[1]
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip().startswith("output:") and line.strip().endswith("model.json")
+    ]
     assert trained == ["results/test/toxicity/quark/seed0/model.json"], trained
 
 
@@ -323,8 +371,9 @@ def test_the_two_sentiment_columns_share_their_experts_roles_swapped(repo_copy):
     assert spec["antiexpert"].resolve() == (repo_copy / run / "expert").resolve()
     assert json.loads((repo_copy / run / "antiexpert/train_stats.json").read_text())["texts"] > 0
     # a setting that differs between the two columns trains each column its own experts
-    (repo_copy / "change.yaml").write_text(yaml.safe_dump({"hparams": {"dexperts": {"per_task": {
-        "sentiment-negative": {"lr": 0.5}}}}}))  # fmt: skip
+    (repo_copy / "change.yaml").write_text(
+        yaml.safe_dump({"hparams": {"dexperts": {"per_task": {"sentiment-negative": {"lr": 0.5}}}}})
+    )
     apart = expert_jobs(snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows, "change.yaml"))
     negative = "results/test/sentiment-negative/dexperts/seed0"
     assert apart == [f"{negative}/antiexpert", f"{negative}/expert"], apart  # sentiment-positive's are built already
@@ -332,8 +381,12 @@ def test_the_two_sentiment_columns_share_their_experts_roles_swapped(repo_copy):
 
 def test_budget_curve_trains_each_multiple_once_and_plots_it(repo_copy):
     """`snakemake budget_curve`: a budget row x2 trains with its budget keys doubled, and draws twice the samples."""
-    change = override(repo_copy, tasks=["toxicity"], methods=["base"],
-                      budget_curve={"task": "toxicity", "methods": ["quark"], "budgets": [1, 2]})  # fmt: skip
+    change = override(
+        repo_copy,
+        tasks=["toxicity"],
+        methods=["base"],
+        budget_curve={"task": "toxicity", "methods": ["quark"], "budgets": [1, 2]},
+    )
     result = snakemake(repo_copy, "budget_curve", "--configfile", TEST, change)
     assert result.returncode == 0, result.stderr[-3000:]
     out = repo_copy / "results" / "test" / "toxicity"

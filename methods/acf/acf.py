@@ -66,9 +66,12 @@ class AcfConfig(AuxConfig):
     lm_warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps each round, then decay to 0"})
     kl_coef: float = field(default=1.0, metadata={"help": "lambda, the weight of the mean per-token KL(q* || p_theta)"})
     q_star_anchor: Literal["base", "policy"] = field(
-        default="base", metadata={"help": "the model R reweights into q*: 'base', the frozen base model (the authors' "
-                                  "PR_finetune), or 'policy', p_theta itself, detached"},
-    )  # fmt: skip
+        default="base",
+        metadata={
+            "help": "the model R reweights into q*: 'base', the frozen base model (the authors' "
+            "PR_finetune), or 'policy', p_theta itself, detached"
+        },
+    )
     max_text_tokens: int = field(default=MAX_TEXT_TOKENS, metadata={"help": "corpus texts are cut to this length"})
 
 
@@ -109,18 +112,30 @@ def stats_path(rounds: Path, kind: str, k: int) -> Path:
     return Path(rounds) / f"{kind}{k}.json"
 
 
-def sample_job(task: Task, model_dir: Path, out_path: Path, cfg: AcfConfig, *, seed: int, run_seed: int, device: str,
-               desc: str):  # fmt: skip
+def sample_job(
+    task: Task, model_dir: Path, out_path: Path, cfg: AcfConfig, *, seed: int, run_seed: int, device: str, desc: str
+):
     """S_i, with R's probe samples on the run's held-out prompts (the same prompts every round)."""
     model, tokenizer = load_model(model_dir, device)
-    samples, stats = collect_samples(model, tokenizer, task, cfg.samples_per_round, cfg, np.random.default_rng(seed),
-                                     desc=desc, probe_seed=run_seed)  # fmt: skip
+    samples, stats = collect_samples(
+        model, tokenizer, task, cfg.samples_per_round, cfg, np.random.default_rng(seed), desc=desc, probe_seed=run_seed
+    )
     write_jsonl(out_path, samples)
     return stats
 
 
-def fit_r_job(samples: Path, init: Path | None, base_model: Path, sampler: Path, out_dir: Path, cfg: AcfConfig, *,
-              seed: int, device: str, desc: str) -> dict:  # fmt: skip
+def fit_r_job(
+    samples: Path,
+    init: Path | None,
+    base_model: Path,
+    sampler: Path,
+    out_dir: Path,
+    cfg: AcfConfig,
+    *,
+    seed: int,
+    device: str,
+    desc: str,
+) -> dict:
     """R_i from R_{i-1} (or a fresh R) on one round's samples; the sampler LM is loaded for the consistency term
     only, the base model for R's AUCs on the round's probe samples (q* with the base model as its anchor)."""
     sampler_model = load_model(sampler, device)[0] if cfg.consistency_coef else None
@@ -137,8 +152,19 @@ def fit_r_job(samples: Path, init: Path | None, base_model: Path, sampler: Path,
     return stats
 
 
-def fit_lm_job(task: Task, init: Path, r_dir: Path, samples: Path, base_model: Path, out_dir: Path, cfg: AcfConfig, *,
-               seed: int, device: str, desc: str) -> dict:  # fmt: skip
+def fit_lm_job(
+    task: Task,
+    init: Path,
+    r_dir: Path,
+    samples: Path,
+    base_model: Path,
+    out_dir: Path,
+    cfg: AcfConfig,
+    *,
+    seed: int,
+    device: str,
+    desc: str,
+) -> dict:
     """LM_i from LM_{i-1}: corpus NLL plus the KL to q* of R on the round's sampled sequences (probe samples left
     out); q* reweights the base model or LM_i itself (`q_star_anchor`)."""
     model, tokenizer = load_model(init, device)
@@ -150,16 +176,24 @@ def fit_lm_job(task: Task, init: Path, r_dir: Path, samples: Path, base_model: P
 
     def loss_fn(model: PreTrainedModel, corpus: Packed) -> torch.Tensor:
         idx = rng.choice(len(sampled), size=min(cfg.kl_batch_size, len(sampled)), replace=False)
-        batch = pack([sampled[i]["prompt_ids"] for i in idx], [sampled[i]["completion_ids"] for i in idx],
-                     tokenizer.pad_token_id)  # fmt: skip
+        batch = pack(
+            [sampled[i]["prompt_ids"] for i in idx], [sampled[i]["completion_ids"] for i in idx], tokenizer.pad_token_id
+        )
         batch = batch.to(device)
         loss, stats = acf_loss(model, aux, corpus, batch, cfg.kl_coef, anchor)
         history.append(stats)
         return loss
 
     schedule = LMSchedule(cfg.lm_steps_per_round, cfg.lm_batch_size, cfg.lm_lr, cfg.lm_warmup_steps, bf16=cfg.bf16)
-    stats = train_lm(model, corpus_pairs(task, tokenizer, cfg.max_text_tokens), schedule, tokenizer.pad_token_id,
-                     seed=seed, desc=desc, loss_fn=loss_fn)  # fmt: skip
+    stats = train_lm(
+        model,
+        corpus_pairs(task, tokenizer, cfg.max_text_tokens),
+        schedule,
+        tokenizer.pad_token_id,
+        seed=seed,
+        desc=desc,
+        loss_fn=loss_fn,
+    )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     tenth = max(1, len(history) // 10)
@@ -169,26 +203,52 @@ def fit_lm_job(task: Task, init: Path, r_dir: Path, samples: Path, base_model: P
     return stats
 
 
-def run_job(kind: str, i: int, task: Task, base_model: Path, rounds: Path, cfg: AcfConfig, *, seed: int,
-            device: str) -> dict:  # fmt: skip
+def run_job(
+    kind: str, i: int, task: Task, base_model: Path, rounds: Path, cfg: AcfConfig, *, seed: int, device: str
+) -> dict:
     """Run one job of the schedule and write its stats (with wall-clock start and end) to rounds/{kind}{i}.json."""
     sched = Schedule(cfg.num_rounds, cfg.parallel)
     job_seed = seed * 1000 + 10 * i + JOB_KINDS[kind]
     set_seed(job_seed)
     started = time.time()
     if kind == "sample":
-        stats = sample_job(task, lm_path(rounds, sched.sample_from(i), base_model), samples_path(rounds, i), cfg,
-                           seed=job_seed, run_seed=seed, device=device, desc=f"round {i}: sampling")  # fmt: skip
+        stats = sample_job(
+            task,
+            lm_path(rounds, sched.sample_from(i), base_model),
+            samples_path(rounds, i),
+            cfg,
+            seed=job_seed,
+            run_seed=seed,
+            device=device,
+            desc=f"round {i}: sampling",
+        )
     elif kind == "r":
         init = sched.r_init(i)
         data = sched.r_data(i)
-        stats = fit_r_job(samples_path(rounds, data), None if init is None else r_path(rounds, init), base_model,
-                          lm_path(rounds, sched.sample_from(data), base_model), r_path(rounds, i), cfg, seed=job_seed,
-                          device=device, desc=f"round {i}: training R")  # fmt: skip
+        stats = fit_r_job(
+            samples_path(rounds, data),
+            None if init is None else r_path(rounds, init),
+            base_model,
+            lm_path(rounds, sched.sample_from(data), base_model),
+            r_path(rounds, i),
+            cfg,
+            seed=job_seed,
+            device=device,
+            desc=f"round {i}: training R",
+        )
     elif kind == "lm":
-        stats = fit_lm_job(task, lm_path(rounds, i - 1, base_model), r_path(rounds, sched.lm_r(i)),
-                           samples_path(rounds, sched.lm_samples(i)), base_model, lm_path(rounds, i, base_model),
-                           cfg, seed=job_seed, device=device, desc=f"round {i}: training the LM")  # fmt: skip
+        stats = fit_lm_job(
+            task,
+            lm_path(rounds, i - 1, base_model),
+            r_path(rounds, sched.lm_r(i)),
+            samples_path(rounds, sched.lm_samples(i)),
+            base_model,
+            lm_path(rounds, i, base_model),
+            cfg,
+            seed=job_seed,
+            device=device,
+            desc=f"round {i}: training the LM",
+        )
     else:
         raise ValueError(f"unknown ACF job kind {kind!r}")
     ended = time.time()
@@ -204,8 +264,9 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def finish(task: Task, base_model: Path, out_dir: Path, cfg: AcfConfig, *, device: str,
-           benchmarks: list[Path] | None = None) -> Path:  # fmt: skip
+def finish(
+    task: Task, base_model: Path, out_dir: Path, cfg: AcfConfig, *, device: str, benchmarks: list[Path] | None = None
+) -> Path:
     """Keep LM_N as out_dir/model (hard links), gather the jobs' stats (and log them to TensorBoard by round),
     measure held-out perplexity, combine costs. The AUCs of the R that LM_N trained against head the stats."""
     out_dir, rounds = Path(out_dir), Path(out_dir) / "rounds"
@@ -218,10 +279,16 @@ def finish(task: Task, base_model: Path, out_dir: Path, cfg: AcfConfig, *, devic
     model, tokenizer = load_model(model_dir, device)
     heldout_ppl = model_perplexity(model, tokenizer, heldout)
     base, _ = load_model(base_model, device)
-    stats = {"heldout_perplexity": heldout_ppl, "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout),
-             "heldout_texts": len(heldout), "wall_seconds": max(j["ended"] for j in jobs) - min(j["started"] for j in jobs),
-             "job_seconds": sum(j["seconds"] for j in jobs), "parallel": cfg.parallel, "config": asdict(cfg),
-             "jobs": jobs}  # fmt: skip
+    stats = {
+        "heldout_perplexity": heldout_ppl,
+        "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout),
+        "heldout_texts": len(heldout),
+        "wall_seconds": max(j["ended"] for j in jobs) - min(j["started"] for j in jobs),
+        "job_seconds": sum(j["seconds"] for j in jobs),
+        "parallel": cfg.parallel,
+        "config": asdict(cfg),
+        "jobs": jobs,
+    }
     final_r = next(j for j in jobs if j["job"] == f"r{sched.r_of(sched.lm_r(cfg.num_rounds))}")
     stats |= {k: v for k, v in final_r.items() if k.startswith("r_auc")}
     write_json(out_dir / "train_stats.json", stats)

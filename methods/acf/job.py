@@ -24,17 +24,31 @@ def run(sm):
     if sm.rule == "acf_sample":  # only sampling jobs score, so only they load the scorer
         spec = dict(sm.params.reward)
         reward = get_reward(spec.pop("name"), **spec)
-    task = Task(sm.wildcards.task, read_prompts(sm.input.prompts), reward, train_sampling(sm.params.sampling),
-                read_corpus(sm.input.corpus))  # fmt: skip
+    task = Task(
+        sm.wildcards.task,
+        read_prompts(sm.input.prompts),
+        reward,
+        train_sampling(sm.params.sampling),
+        read_corpus(sm.input.corpus),
+    )
     seed, base = int(sm.wildcards.seed), Path(sm.input.base)
     if sm.rule == "acf_finish":
         out_dir = Path(sm.output.model).parent
-        model_dir = finish(task, base, out_dir, cfg, device=sm.params.device,
-                           benchmarks=[Path(p) for p in sm.params.benchmarks])  # fmt: skip
+        model_dir = finish(
+            task, base, out_dir, cfg, device=sm.params.device, benchmarks=[Path(p) for p in sm.params.benchmarks]
+        )
         write_model_json(sm.output.model, model_dir, "acf", seed, dict(sm.params.hparams), sm.params.device)
     else:
-        run_job(JOBS[sm.rule], int(sm.wildcards.i), task, base, Path(sm.output.stats).parent, cfg, seed=seed,
-                device=sm.params.device)  # fmt: skip
+        run_job(
+            JOBS[sm.rule],
+            int(sm.wildcards.i),
+            task,
+            base,
+            Path(sm.output.stats).parent,
+            cfg,
+            seed=seed,
+            device=sm.params.device,
+        )
 
 
 main(run, snakemake)  # noqa: F821

@@ -83,8 +83,10 @@ def read_run(run_file: str | Path) -> dict | None:
             f"{run_file}: not valid JSON ({exc.msg}); move {run_file.parent} away to start afresh"
         ) from None
     if run.get("version") != CHECKPOINT_VERSION:
-        raise SuiteError(f"{run_file}: run of version {run.get('version')!r}, this code resumes version "
-                         f"{CHECKPOINT_VERSION}; move {run_file.parent} away to start afresh")  # fmt: skip
+        raise SuiteError(
+            f"{run_file}: run of version {run.get('version')!r}, this code resumes version "
+            f"{CHECKPOINT_VERSION}; move {run_file.parent} away to start afresh"
+        )
     return run
 
 
@@ -103,8 +105,10 @@ def claim_run(out_dir: str | Path, identity: dict, method: str) -> bool:
         old = previous["identity"]
         changed = [k for k in identity if k != "config" and old.get(k) != identity[k]]
         changed += [k for k, v in identity.get("config", {}).items() if old.get("config", {}).get(k) != v]
-        raise SuiteError(f"{out_dir}: holds an unfinished {method} run with other settings ({', '.join(changed)}); "
-                         f"rerun with its settings to resume it, or move it away to start afresh")  # fmt: skip
+        raise SuiteError(
+            f"{out_dir}: holds an unfinished {method} run with other settings ({', '.join(changed)}); "
+            f"rerun with its settings to resume it, or move it away to start afresh"
+        )
     _write_run(run_file, {"version": CHECKPOINT_VERSION, "finished": False, "identity": identity})
     return resume
 

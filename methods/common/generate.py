@@ -29,6 +29,13 @@ def generate_jsonl(
     max_prompt = context_length(model) - sampling.max_new_tokens - len(prefix_ids) - len(suffix_ids)
     prompt_ids = encode_prompts(tokenizer, [p.text for p in prompts], max_prompt)
     prefixes = [[*prefix_ids, *ids, *suffix_ids] for ids in prompt_ids for _ in range(num_samples)]
-    completions = sample(model, tokenizer, prefixes, sampling, suppress_ids, desc=f"generating {len(prefixes)} samples",
-                         logits_processor=logits_processor)  # fmt: skip
+    completions = sample(
+        model,
+        tokenizer,
+        prefixes,
+        sampling,
+        suppress_ids,
+        desc=f"generating {len(prefixes)} samples",
+        logits_processor=logits_processor,
+    )
     write_jsonl(out_path, generation_records(tokenizer, prompts, completions, num_samples))

@@ -72,8 +72,9 @@ def train_lm(
         raise ValueError("train_lm needs at least one (prefix, target) pair")
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=schedule.lr,
-                      weight_decay=schedule.weight_decay)  # fmt: skip
+    optimizer = adamw(
+        [p for p in model.parameters() if p.requires_grad], lr=schedule.lr, weight_decay=schedule.weight_decay
+    )
     scheduler = get_linear_schedule_with_warmup(optimizer, min(schedule.warmup_steps, schedule.steps), schedule.steps)
     order: list[int] = []
     losses = []
@@ -100,5 +101,8 @@ def train_lm(
     model.eval()
     tenth = max(1, len(losses) // 10)
     seconds = time.perf_counter() - started
-    return {"loss_first": float(np.mean(losses[:tenth])), "loss_last": float(np.mean(losses[-tenth:])),
-            "sequences_per_second": schedule.steps * schedule.batch_size / max(seconds, 1e-9)}  # fmt: skip
+    return {
+        "loss_first": float(np.mean(losses[:tenth])),
+        "loss_last": float(np.mean(losses[-tenth:])),
+        "sequences_per_second": schedule.steps * schedule.batch_size / max(seconds, 1e-9),
+    }

@@ -28,8 +28,15 @@ class LockstepLM:
         [S, B, V], the log-softmax of the last call's logits.
     """
 
-    def __init__(self, model: PreTrainedModel, pad_id: int, start_ids: Sequence[int], vocab_size: int,
-                 track_loglik: bool = False, row_chunk: int = 16):  # fmt: skip
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_id: int,
+        start_ids: Sequence[int],
+        vocab_size: int,
+        track_loglik: bool = False,
+        row_chunk: int = 16,
+    ):
         self.model, self.pad_id, self.vocab_size = model, pad_id, vocab_size
         self.start_ids = list(start_ids)
         self.copies = max(len(self.start_ids), 1)
@@ -44,8 +51,9 @@ class LockstepLM:
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits of the next token after each row of `input_ids` [B, L], for each copy: [S, B, V]."""
         B, L = input_ids.shape
-        self.new_batch = not (self.seen is not None and self.seen.shape == (B, L - 1)
-                              and torch.equal(input_ids[:, :-1], self.seen))  # fmt: skip
+        self.new_batch = not (
+            self.seen is not None and self.seen.shape == (B, L - 1) and torch.equal(input_ids[:, :-1], self.seen)
+        )
         hidden = self._prefill(input_ids) if self.new_batch else self._step(input_ids[:, -1:])
         self.seen = input_ids
         logits = self._head(hidden).view(self.copies, B, -1)
@@ -57,8 +65,9 @@ class LockstepLM:
         return self.model.get_output_embeddings()(hidden)[..., : self.vocab_size].float()
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, cache=None):
-        out = self.model.base_model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                                    past_key_values=cache, use_cache=True)  # fmt: skip
+        out = self.model.base_model(
+            input_ids=ids, attention_mask=self.mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
         self.cache = out.past_key_values
         return out.last_hidden_state
 

@@ -95,8 +95,10 @@ def controllability(
     was_training = model.training
     model.eval()
     completions = [s.completion_ids for s in samples]
-    logp = {k: sequence_logprobs(model, [condition(s.prompt_ids, k) for s in samples], completions, pad_id,
-                                 vocab_size) for k in (best, worst)}  # fmt: skip
+    logp = {
+        k: sequence_logprobs(model, [condition(s.prompt_ids, k) for s in samples], completions, pad_id, vocab_size)
+        for k in (best, worst)
+    }
     model.train(was_training)
     delta = logp[worst] - logp[best]
     rewards = [s.reward for s in samples]

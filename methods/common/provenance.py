@@ -26,8 +26,12 @@ def suite_commit() -> str | None:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return head.stdout.strip() + ("-dirty" if dirty else "")
@@ -75,5 +79,13 @@ def write_model_json(
     path: str | Path, model_dir: str | Path, method: str, seed: int, hparams: dict, device: str
 ) -> None:
     """A training run's model.json: where its model is, what trained it, and its provenance."""
-    write_json(path, {"model_dir": str(model_dir), "method": method, "seed": seed, "hparams": hparams,
-                      "provenance": provenance(device, resolved_bf16(hparams))})  # fmt: skip
+    write_json(
+        path,
+        {
+            "model_dir": str(model_dir),
+            "method": method,
+            "seed": seed,
+            "hparams": hparams,
+            "provenance": provenance(device, resolved_bf16(hparams)),
+        },
+    )

@@ -71,12 +71,18 @@ def score_rewards(
         except Exception as exc:  # a user's reward may raise anything
             failure = f"reward '{name}' raised {type(exc).__name__}: {exc}".replace("\n", " ")
             if attempt == retry.attempts:
-                print(f"{failure}; {attempt} attempts failed, {len(completions)} samples count as unscored",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"{failure}; {attempt} attempts failed, {len(completions)} samples count as unscored",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return [None] * len(completions)
             wait = min(retry.delay * 2 ** (attempt - 1), retry.max_delay)
-            print(f"{failure}; retrying in {wait:g} s (attempt {attempt + 1} of {retry.attempts})",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"{failure}; retrying in {wait:g} s (attempt {attempt + 1} of {retry.attempts})",
+                file=sys.stderr,
+                flush=True,
+            )
             time.sleep(wait)
     if len(values) != len(completions):
         raise SuiteError(f"reward '{name}' returned {len(values)} scores for {len(completions)} completions")

@@ -61,8 +61,16 @@ def sample_and_score(
     batch = [prefixes[i] for i in chosen]
     completions = sample(model, tokenizer, batch, sampling, suppress_ids, desc=f"{desc}: sampling")
     seconds = time.perf_counter() - started
-    texts, rewards = score_completions(reward, tokenizer, [prompts[i] for i in chosen], completions,
-                                       desc=f"{desc}: scoring")  # fmt: skip
+    texts, rewards = score_completions(
+        reward, tokenizer, [prompts[i] for i in chosen], completions, desc=f"{desc}: scoring"
+    )
     keep = [k for k, r in enumerate(rewards) if r is not None]
-    return ScoredSamples([chosen[k] for k in keep], [completions[k] for k in keep], [texts[k] for k in keep],
-                   [rewards[k] for k in keep], len(rewards) - len(keep), sum(map(len, completions)), seconds)  # fmt: skip
+    return ScoredSamples(
+        [chosen[k] for k in keep],
+        [completions[k] for k in keep],
+        [texts[k] for k in keep],
+        [rewards[k] for k in keep],
+        len(rewards) - len(keep),
+        sum(map(len, completions)),
+        seconds,
+    )

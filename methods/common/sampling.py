@@ -31,8 +31,11 @@ def eval_sampling(settings: dict, decoding: str = "sampling") -> tuple[Sampling,
     `fixed_length` suppresses EOS until `max_new_tokens`, as the unlikelihood paper's fixed-length continuations.
     """
     length = settings["max_new_tokens"]
-    common = dict(max_new_tokens=length, batch_size=settings["batch_size"],
-                  min_new_tokens=length if settings.get("fixed_length") else 0)  # fmt: skip
+    common = dict(
+        max_new_tokens=length,
+        batch_size=settings["batch_size"],
+        min_new_tokens=length if settings.get("fixed_length") else 0,
+    )
     if decoding == "greedy":
         return Sampling(do_sample=False, top_p=1.0, **common), 1
     return Sampling(top_p=settings["top_p"], **common), settings["num_samples"]
@@ -249,8 +252,12 @@ def sample_generate(
     out: list[list[int]] = []
     for start in tqdm(range(0, len(prefixes), sampling.batch_size), desc=desc, unit="batch", leave=False):
         ids, mask = _left_pad(prefixes[start : start + sampling.batch_size], tokenizer.pad_token_id)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                             logits_processor=LogitsProcessorList(logits_processor or []))  # fmt: skip
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList(logits_processor or []),
+        )
         for row in gen[:, ids.shape[1] :].tolist():
             out.append(_trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id))
     return out

@@ -75,8 +75,9 @@ def attribute_texts(corpus: list[Text], wanted_min_score: float, unwanted_max_sc
     return split
 
 
-def train_expert(side: str, task: str, corpus: list[Text], base_model: Path, out_dir: Path, hparams: dict, *,
-                 seed: int, device: str) -> Path:  # fmt: skip
+def train_expert(
+    side: str, task: str, corpus: list[Text], base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str
+) -> Path:
     """Fine-tune one copy of the base model: side 'expert' on the wanted texts, 'antiexpert' on the unwanted ones.
 
     The suite's held-out slice of the corpus (methods/common/heldout.py) is never trained on.
@@ -90,8 +91,9 @@ def train_expert(side: str, task: str, corpus: list[Text], base_model: Path, out
     model, tokenizer = load_model(base_model, device)
     pairs = text_pairs(tokenizer, texts, cfg.max_text_tokens)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
-    schedule = LMSchedule(steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
-                          bf16=cfg.bf16)  # fmt: skip
+    schedule = LMSchedule(
+        steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16
+    )
     stats = train_lm(model, pairs, schedule, tokenizer.pad_token_id, seed=seed, desc=f"DExperts {side}")
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
@@ -110,8 +112,10 @@ def write_ensemble(out_dir: Path, base_model: Path, expert: Path, antiexpert: Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(base_model) / "config.json", out_dir / "config.json")
-    paths = {name: os.path.relpath(Path(p).resolve(), out_dir.resolve())
-             for name, p in (("base", base_model), ("expert", expert), ("antiexpert", antiexpert))}  # fmt: skip
+    paths = {
+        name: os.path.relpath(Path(p).resolve(), out_dir.resolve())
+        for name, p in (("base", base_model), ("expert", expert), ("antiexpert", antiexpert))
+    }
     write_json(out_dir / MANIFEST, {**paths, "alpha": cfg.alpha, "filter_top_p": cfg.filter_top_p})
     return out_dir
 
@@ -149,14 +153,18 @@ def write_train_stats(run_dir: Path, task: str, corpus: list[Text], ensemble_dir
     pairs = text_pairs(tokenizer, [t.text for t in heldout])
     nll = ensemble_nll(base, expert, antiexpert, spec["alpha"])
     stats = {side: json.loads((spec[side] / "train_stats.json").read_text()) for side in SIDES}
-    stats |= {"heldout_texts": len(heldout), "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout),
-              "heldout_perplexity": perplexity(nll, pairs, tokenizer.pad_token_id, device)}  # fmt: skip
+    stats |= {
+        "heldout_texts": len(heldout),
+        "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout),
+        "heldout_perplexity": perplexity(nll, pairs, tokenizer.pad_token_id, device),
+    }
     write_json(Path(run_dir) / "train_stats.json", stats)
     return stats
 
 
-def dexperts_logits(base: torch.Tensor, expert: torch.Tensor, antiexpert: torch.Tensor, alpha: float,
-                    filter_top_p: float) -> torch.Tensor:  # fmt: skip
+def dexperts_logits(
+    base: torch.Tensor, expert: torch.Tensor, antiexpert: torch.Tensor, alpha: float, filter_top_p: float
+) -> torch.Tensor:
     """z~ = top_p(z) + alpha * (z+ - z-) over [B, V] logits; tokens outside the base model's nucleus stay -inf."""
     if filter_top_p < 1.0:
         base = TopPLogitsWarper(filter_top_p)(None, base)
@@ -171,8 +179,16 @@ class DExpertsProcessor(LogitsProcessor):
     applied here, in the reference code's order, whatever order transformers runs its own processors in.
     """
 
-    def __init__(self, expert: PreTrainedModel, antiexpert: PreTrainedModel, pad_id: int, vocab_size: int,
-                 alpha: float, filter_top_p: float, temperature: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        expert: PreTrainedModel,
+        antiexpert: PreTrainedModel,
+        pad_id: int,
+        vocab_size: int,
+        alpha: float,
+        filter_top_p: float,
+        temperature: float = 1.0,
+    ):
         self.experts = [LockstepLM(m, pad_id, [], vocab_size) for m in (expert, antiexpert)]
         self.alpha, self.filter_top_p, self.temperature = alpha, filter_top_p, temperature
 
@@ -194,8 +210,10 @@ def check_no_pad(tokenizer, prompts: list[Prompt]) -> None:
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     """Both experts one after the other, then the ensemble manifest (the DAG runs them as three jobs)."""
     out_dir = Path(out_dir)
-    dirs = [train_expert(side, task.name, task.corpus, base_model, out_dir / side, hparams, seed=seed, device=device)
-            for side in SIDES]  # fmt: skip
+    dirs = [
+        train_expert(side, task.name, task.corpus, base_model, out_dir / side, hparams, seed=seed, device=device)
+        for side in SIDES
+    ]
     ensemble_dir = write_ensemble(out_dir / "ensemble", base_model, *dirs, hparams)
     write_train_stats(out_dir, task.name, task.corpus, ensemble_dir, device)
     return ensemble_dir
@@ -219,7 +237,22 @@ def generate(
     antiexpert, _ = load_model(spec["antiexpert"], device)
     check_no_pad(tokenizer, prompts)
     filter_top_p = spec["filter_top_p"] if spec["filter_top_p"] is not None else sampling.top_p
-    processor = DExpertsProcessor(expert, antiexpert, tokenizer.pad_token_id, base.get_output_embeddings().weight.shape[0],
-                                  spec["alpha"] if alpha is None else alpha, filter_top_p, sampling.temperature)  # fmt: skip
-    generate_jsonl(base, tokenizer, prompts, num_samples, replace(sampling, top_p=1.0, temperature=1.0), out_path, seed,
-                   logits_processor=[processor])  # fmt: skip
+    processor = DExpertsProcessor(
+        expert,
+        antiexpert,
+        tokenizer.pad_token_id,
+        base.get_output_embeddings().weight.shape[0],
+        spec["alpha"] if alpha is None else alpha,
+        filter_top_p,
+        sampling.temperature,
+    )
+    generate_jsonl(
+        base,
+        tokenizer,
+        prompts,
+        num_samples,
+        replace(sampling, top_p=1.0, temperature=1.0),
+        out_path,
+        seed,
+        logits_processor=[processor],
+    )

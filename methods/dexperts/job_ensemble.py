@@ -15,11 +15,13 @@ from methods.dexperts.dexperts import write_ensemble, write_train_stats  # noqa:
 
 def run(sm):
     hparams = dict(sm.params.hparams)
-    model_dir = write_ensemble(Path(sm.output.ensemble), Path(sm.input.base), Path(sm.input.expert),
-                               Path(sm.input.antiexpert), hparams)  # fmt: skip
+    model_dir = write_ensemble(
+        Path(sm.output.ensemble), Path(sm.input.base), Path(sm.input.expert), Path(sm.input.antiexpert), hparams
+    )
     write_model_json(sm.output.model, model_dir, "dexperts", int(sm.wildcards.seed), hparams, sm.params.device)
-    write_train_stats(Path(sm.output.model).parent, sm.wildcards.task, read_corpus(sm.input.corpus), model_dir,
-                      sm.params.device)  # fmt: skip
+    write_train_stats(
+        Path(sm.output.model).parent, sm.wildcards.task, read_corpus(sm.input.corpus), model_dir, sm.params.device
+    )
     combine_benchmarks(list(sm.input.benchmarks), sm.output.benchmark)
 
 

@@ -11,8 +11,16 @@ from methods.dexperts.dexperts import train_expert  # noqa: E402
 
 
 def run(sm):
-    train_expert(sm.wildcards.side, sm.wildcards.task, read_corpus(sm.input.corpus), Path(sm.input.base),
-                 Path(sm.output[0]), dict(sm.params.hparams), seed=int(sm.wildcards.seed), device=sm.params.device)  # fmt: skip
+    train_expert(
+        sm.wildcards.side,
+        sm.wildcards.task,
+        read_corpus(sm.input.corpus),
+        Path(sm.input.base),
+        Path(sm.output[0]),
+        dict(sm.params.hparams),
+        seed=int(sm.wildcards.seed),
+        device=sm.params.device,
+    )
 
 
 main(run, snakemake)  # noqa: F821

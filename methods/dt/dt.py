@@ -56,9 +56,12 @@ class DTConfig:
     max_prompt_tokens: int = field(default=64, metadata={"help": "prompts are cut from the left to this length"})
     sample_batch_size: int = field(default=64, metadata={"help": "sequences per generate() call while sampling"})
     probe_prompts: int = field(
-        default=0, metadata={"help": "training prompts held out of training for the controllability probe "
-                             "(methods/common/probe.py); 0: no probe"},
-    )  # fmt: skip
+        default=0,
+        metadata={
+            "help": "training prompts held out of training for the controllability probe "
+            "(methods/common/probe.py); 0: no probe"
+        },
+    )
     probe_samples_per_prompt: int = field(default=4, metadata={"help": "base-model samples per probe prompt"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for forward passes and sampling"})
 
@@ -103,13 +106,19 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     held_out = set(held_out_prompts(len(prompts), cfg.probe_prompts, seed, PROBE_KEY))
     trained = [i for i in range(len(prompts)) if i not in held_out]
     chosen = [trained[i] for i in draw_prompts(len(trained), cfg, rng)]
-    sampling = dataclasses.replace(task.sampling, top_p=cfg.explore_top_p, do_sample=True,
-                                   batch_size=cfg.sample_batch_size)  # fmt: skip
+    sampling = dataclasses.replace(
+        task.sampling, top_p=cfg.explore_top_p, do_sample=True, batch_size=cfg.sample_batch_size
+    )
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
         ro = sample_and_score(model, tokenizer, task.reward, prompts, prompt_ids, chosen, sampling, desc="dt")
         probe_chosen = [i for i in sorted(held_out) for _ in range(cfg.probe_samples_per_prompt)]
-        probe_ro = sample_and_score(model, tokenizer, task.reward, prompts, prompt_ids, probe_chosen, sampling,
-                                    desc="dt: probe set") if probe_chosen else None  # fmt: skip
+        probe_ro = (
+            sample_and_score(
+                model, tokenizer, task.reward, prompts, prompt_ids, probe_chosen, sampling, desc="dt: probe set"
+            )
+            if probe_chosen
+            else None
+        )
     if not ro.rewards:
         raise SuiteError(f"task '{task.name}': the reward returned None for every sample; nothing to train on")
 
@@ -120,30 +129,65 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     def lm_loss(model, packed):  # the LM loss over the original vocabulary: return tokens are never targets
         return target_nll(model, packed, vocab_size).sum() / packed.completion_mask.sum().clamp(min=1)
 
-    schedule = LMSchedule(cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.weight_decay, cfg.max_grad_norm,
-                          cfg.bf16)  # fmt: skip
+    schedule = LMSchedule(
+        cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.weight_decay, cfg.max_grad_norm, cfg.bf16
+    )
     learned = train_lm(model, pairs, schedule, tokenizer.pad_token_id, seed=seed, desc="dt: training", loss_fn=lm_loss)
 
     rewards = np.array(ro.rewards)
     best, worst = int(bins[rewards.argmax()]), int(bins[rewards.argmin()])
-    probe_set = [] if probe_ro is None else [ProbeSample(task.train_prompts[i].id, prompt_ids[i], c, r) for i, c, r
-                                             in zip(probe_ro.prompt_index, probe_ro.completions, probe_ro.rewards)]  # fmt: skip
+    probe_set = (
+        []
+        if probe_ro is None
+        else [
+            ProbeSample(task.train_prompts[i].id, prompt_ids[i], c, r)
+            for i, c, r in zip(probe_ro.prompt_index, probe_ro.completions, probe_ro.rewards)
+        ]
+    )
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        probe = controllability(model, probe_set, lambda p, k: [token_ids[k], *p], best, worst,
-                                tokenizer.pad_token_id, vocab_size) if probe_set else {}  # fmt: skip
+        probe = (
+            controllability(
+                model, probe_set, lambda p, k: [token_ids[k], *p], best, worst, tokenizer.pad_token_id, vocab_size
+            )
+            if probe_set
+            else {}
+        )
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    per_bin = [{"count": int((bins == k).sum()), "mean_reward": float(rewards[bins == k].mean()) if (bins == k).any()
-                else None} for k in range(cfg.num_returns)]  # fmt: skip
-    meta = {"return_tokens": return_token_names(cfg.num_returns), "return_token_ids": token_ids,
-            "best_bin": best, "worst_bin": worst,
-            "edges": edges.tolist(), "bins": per_bin, "base_vocab_size": vocab_size, "config": asdict(cfg)}  # fmt: skip
+    per_bin = [
+        {
+            "count": int((bins == k).sum()),
+            "mean_reward": float(rewards[bins == k].mean()) if (bins == k).any() else None,
+        }
+        for k in range(cfg.num_returns)
+    ]
+    meta = {
+        "return_tokens": return_token_names(cfg.num_returns),
+        "return_token_ids": token_ids,
+        "best_bin": best,
+        "worst_bin": worst,
+        "edges": edges.tolist(),
+        "bins": per_bin,
+        "base_vocab_size": vocab_size,
+        "config": asdict(cfg),
+    }
     write_json(model_dir / META_FILE, meta)
-    write_json(out_dir / "train_stats.json", {"sampled": len(chosen), "dropped_unscored": ro.dropped,
-               "sample_reward": float(rewards.mean()), "sample_tokens": ro.tokens, "sample_seconds": ro.seconds,
-               "sample_tokens_per_second": ro.tokens / max(ro.seconds, 1e-9), **learned,
-               "edges": meta["edges"], "bins": per_bin, **probe})  # fmt: skip
+    write_json(
+        out_dir / "train_stats.json",
+        {
+            "sampled": len(chosen),
+            "dropped_unscored": ro.dropped,
+            "sample_reward": float(rewards.mean()),
+            "sample_tokens": ro.tokens,
+            "sample_seconds": ro.seconds,
+            "sample_tokens_per_second": ro.tokens / max(ro.seconds, 1e-9),
+            **learned,
+            "edges": meta["edges"],
+            "bins": per_bin,
+            **probe,
+        },
+    )
     return model_dir
 
 
@@ -165,5 +209,6 @@ def generate(
     if not isinstance(k, int) or not 0 <= k < len(ids):
         raise SuiteError(f"returns must be 'best', 'worst' or 0..{len(ids) - 1}, got {returns!r}")
     model, tokenizer = load_model(model_dir, device)
-    generate_jsonl(model, tokenizer, prompts, num_samples, sampling, out_path, seed, prefix_ids=[ids[k]],
-                   suppress_ids=ids)  # fmt: skip
+    generate_jsonl(
+        model, tokenizer, prompts, num_samples, sampling, out_path, seed, prefix_ids=[ids[k]], suppress_ids=ids
+    )

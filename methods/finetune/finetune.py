@@ -49,11 +49,21 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     _, heldout = heldout_split(task.name, task.corpus)
     base_ppl = model_perplexity(model, tokenizer, heldout)
     schedule = LMSchedule(cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, bf16=cfg.bf16)
-    stats = train_lm(model, corpus_pairs(task, tokenizer, cfg.max_text_tokens), schedule, tokenizer.pad_token_id,
-                     seed=seed, desc="fine-tuning on the corpus")  # fmt: skip
+    stats = train_lm(
+        model,
+        corpus_pairs(task, tokenizer, cfg.max_text_tokens),
+        schedule,
+        tokenizer.pad_token_id,
+        seed=seed,
+        desc="fine-tuning on the corpus",
+    )
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    stats |= {"train_seconds": time.perf_counter() - started, "heldout_texts": len(heldout),
-              "heldout_perplexity": model_perplexity(model, tokenizer, heldout), "base_heldout_perplexity": base_ppl}  # fmt: skip
+    stats |= {
+        "train_seconds": time.perf_counter() - started,
+        "heldout_texts": len(heldout),
+        "heldout_perplexity": model_perplexity(model, tokenizer, heldout),
+        "base_heldout_perplexity": base_ppl,
+    }
     write_json(out_dir / "train_stats.json", stats)
     return model_dir

@@ -90,8 +90,13 @@ class ClassConditionalLM(nn.Module):
         B = len(packed.input_ids)
         both = packed.input_ids.repeat(2, 1)
         both[:, packed.prefix_len - 1] = torch.tensor(self.codes, device=both.device).repeat_interleave(B)
-        doubled = Packed(both, packed.attention_mask.repeat(2, 1), packed.completion_ids.repeat(2, 1),
-                         packed.completion_mask.repeat(2, 1), packed.prefix_len)  # fmt: skip
+        doubled = Packed(
+            both,
+            packed.attention_mask.repeat(2, 1),
+            packed.completion_ids.repeat(2, 1),
+            packed.completion_mask.repeat(2, 1),
+            packed.prefix_len,
+        )
         logits = completion_logits(self.lm, doubled)[..., : self.vocab_size]
         return F.log_softmax(logits.float(), dim=-1).view(2, B, *logits.shape[1:])
 
@@ -133,8 +138,13 @@ def guided_nll(base: PreTrainedModel, model: ClassConditionalLM, omega: float, c
         token = logprobs.gather(-1, whole.completion_ids.expand(2, -1, -1).unsqueeze(-1)).squeeze(-1)
         loglik = (token * whole.completion_mask).cumsum(-1)[..., :C]  # log P(x_1..x_j | c) before target j
         length = torch.arange(1, C + 1, device=ids.device).repeat(B).float()
-        log_posterior = class_posterior(loglik.reshape(2, B * C), logprobs[:, :, 1:].reshape(2, B * C, -1), length,
-                                        model.logit_scale.item(), class_bias)  # fmt: skip
+        log_posterior = class_posterior(
+            loglik.reshape(2, B * C),
+            logprobs[:, :, 1:].reshape(2, B * C, -1),
+            length,
+            model.logit_scale.item(),
+            class_bias,
+        )
         weighted = F.log_softmax(base_logprobs.reshape(B * C, -1) + omega * log_posterior, dim=-1)
         return -weighted.gather(-1, packed.completion_ids.reshape(-1, 1)).view(B, C)
 
@@ -164,39 +174,73 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     lm, tokenizer = load_model(base_model, device)
     vocab_size = lm.get_output_embeddings().weight.shape[0]
     codes = add_control_tokens(lm, tokenizer, CODES)
-    pairs = [([code], ids) for code, side in zip(codes, ("wanted", "unwanted"))
-             for ids in encode_texts(tokenizer, texts[side], cfg.max_text_tokens)]  # fmt: skip
+    pairs = [
+        ([code], ids)
+        for code, side in zip(codes, ("wanted", "unwanted"))
+        for ids in encode_texts(tokenizer, texts[side], cfg.max_text_tokens)
+    ]
     order = np.random.default_rng(seed).permutation(len(pairs))
     n_eval = min(cfg.eval_texts, len(pairs) // 10)
     held, pairs = [pairs[i] for i in order[:n_eval]], [pairs[i] for i in order[n_eval:]]
     model = ClassConditionalLM(lm, codes, vocab_size).to(device)
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
-    schedule = LMSchedule(steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
-                          bf16=cfg.bf16)  # fmt: skip
-    stats = train_lm(model, pairs, schedule, tokenizer.pad_token_id, seed=seed, desc="GeDi CC-LM",
-                     loss_fn=lambda m, packed: gedi_loss(m, packed, cfg.gen_weight))  # fmt: skip
+    schedule = LMSchedule(
+        steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16
+    )
+    stats = train_lm(
+        model,
+        pairs,
+        schedule,
+        tokenizer.pad_token_id,
+        seed=seed,
+        desc="GeDi CC-LM",
+        loss_fn=lambda m, packed: gedi_loss(m, packed, cfg.gen_weight),
+    )
     base, _ = load_model(base_model, device)
     _, heldout = heldout_split(task.name, task.corpus)
     heldout_pairs = text_pairs(tokenizer, [t.text for t in heldout])
     model.eval()
-    heldout_stats = {"heldout_texts": len(heldout), "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout),
-                     "heldout_perplexity": perplexity(guided_nll(base, model, cfg.omega, cfg.class_bias), heldout_pairs,
-                                                      tokenizer.pad_token_id, device, batch_size=8)}  # fmt: skip
+    heldout_stats = {
+        "heldout_texts": len(heldout),
+        "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout),
+        "heldout_perplexity": perplexity(
+            guided_nll(base, model, cfg.omega, cfg.class_bias),
+            heldout_pairs,
+            tokenizer.pad_token_id,
+            device,
+            batch_size=8,
+        ),
+    }
     model_dir = Path(out_dir) / "model"
     lm.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    meta = {"base_model": os.path.relpath(Path(base_model).resolve(), model_dir.resolve()), "codes": CODES,
-            "code_ids": codes, "base_vocab_size": vocab_size, "logit_scale": model.logit_scale.item(),
-            "config": asdict(cfg)}  # fmt: skip
+    meta = {
+        "base_model": os.path.relpath(Path(base_model).resolve(), model_dir.resolve()),
+        "codes": CODES,
+        "code_ids": codes,
+        "base_vocab_size": vocab_size,
+        "logit_scale": model.logit_scale.item(),
+        "config": asdict(cfg),
+    }
     write_json(model_dir / META_FILE, meta)
-    write_json(Path(out_dir) / "train_stats.json", {"texts": {k: len(v) for k, v in texts.items()}, "steps": steps,
-               "class_accuracy": accuracy(model, held, tokenizer.pad_token_id), "class_eval_texts": n_eval,
-               "logit_scale": model.logit_scale.item(), **heldout_stats, **stats})  # fmt: skip
+    write_json(
+        Path(out_dir) / "train_stats.json",
+        {
+            "texts": {k: len(v) for k, v in texts.items()},
+            "steps": steps,
+            "class_accuracy": accuracy(model, held, tokenizer.pad_token_id),
+            "class_eval_texts": n_eval,
+            "logit_scale": model.logit_scale.item(),
+            **heldout_stats,
+            **stats,
+        },
+    )
     return model_dir
 
 
-def class_posterior(loglik: torch.Tensor, next_logprobs: torch.Tensor, length: torch.Tensor, logit_scale: float,
-                    class_bias: float = 0.0) -> torch.Tensor:  # fmt: skip
+def class_posterior(
+    loglik: torch.Tensor, next_logprobs: torch.Tensor, length: torch.Tensor, logit_scale: float, class_bias: float = 0.0
+) -> torch.Tensor:
     """log P(wanted | x_<t, v) for every candidate v, by Bayes' rule over the two codes' next-token distributions.
 
     loglik [2, B]: log P(x_<t | c); next_logprobs [2, B, V]: log P(v | c, x_<t); length [B]: tokens in x_<t.
@@ -228,16 +272,26 @@ class GeDiProcessor(LogitsProcessor):
     temperature and the nucleus run here, in the reference code's order.
     """
 
-    def __init__(self, cclm: PreTrainedModel, pad_id: int, code_ids: list[int], vocab_size: int, logit_scale: float,
-                 cfg: GeDiConfig, top_p: float = 1.0, temperature: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        cclm: PreTrainedModel,
+        pad_id: int,
+        code_ids: list[int],
+        vocab_size: int,
+        logit_scale: float,
+        cfg: GeDiConfig,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+    ):
         self.cclm = LockstepLM(cclm, pad_id, code_ids, vocab_size, track_loglik=True)
         self.logit_scale, self.cfg, self.top_p, self.temperature = logit_scale, cfg, top_p, temperature
 
     def posterior(self, input_ids: torch.LongTensor) -> torch.Tensor:
         """log P(wanted | input_ids, v) for every v: [B, V]."""
         self.cclm(input_ids)
-        return class_posterior(self.cclm.loglik, self.cclm.logprobs, self.cclm.length, self.logit_scale,
-                               self.cfg.class_bias)  # fmt: skip
+        return class_posterior(
+            self.cclm.loglik, self.cclm.logprobs, self.cclm.length, self.logit_scale, self.cfg.class_bias
+        )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         log_posterior = self.posterior(input_ids)
@@ -264,8 +318,23 @@ def generate(
     base, tokenizer = load_model(Path(model_dir) / meta["base_model"], device)
     cclm, _ = load_model(model_dir, device)
     check_no_pad(tokenizer, prompts)
-    processor = GeDiProcessor(cclm, tokenizer.pad_token_id, meta["code_ids"], meta["base_vocab_size"],
-                              meta["logit_scale"], cfg, sampling.top_p if sampling.do_sample else 1.0,
-                              sampling.temperature)  # fmt: skip
-    generate_jsonl(base, tokenizer, prompts, num_samples, replace(sampling, top_p=1.0, temperature=1.0), out_path, seed,
-                   logits_processor=[processor])  # fmt: skip
+    processor = GeDiProcessor(
+        cclm,
+        tokenizer.pad_token_id,
+        meta["code_ids"],
+        meta["base_vocab_size"],
+        meta["logit_scale"],
+        cfg,
+        sampling.top_p if sampling.do_sample else 1.0,
+        sampling.temperature,
+    )
+    generate_jsonl(
+        base,
+        tokenizer,
+        prompts,
+        num_samples,
+        replace(sampling, top_p=1.0, temperature=1.0),
+        out_path,
+        seed,
+        logits_processor=[processor],
+    )

@@ -86,9 +86,10 @@ class GRPOHparams:
     logging_steps: int = field(default=1, metadata={"help": "optimizer steps between two log records"})
     save_steps: int | None = field(
         default=10,
-        metadata={"help": "checkpoint every N optimizer steps (TRL's save_steps), to resume from after a crash "
-                  "(None: never)"},
-    )  # fmt: skip
+        metadata={
+            "help": "checkpoint every N optimizer steps (TRL's save_steps), to resume from after a crash (None: never)"
+        },
+    )
     keep_checkpoints: int = field(
         default=2, metadata={"help": "newest checkpoints kept while training (TRL's save_total_limit)"}
     )
@@ -96,16 +97,22 @@ class GRPOHparams:
     def __post_init__(self):
         micro = self.micro_batch_size or self.batch_size
         if self.batch_size % self.num_generations or self.batch_size % micro:
-            raise SuiteError(f"{SOURCE}: batch_size {self.batch_size} must be a multiple of num_generations "
-                             f"({self.num_generations}) and of micro_batch_size ({micro})")  # fmt: skip
+            raise SuiteError(
+                f"{SOURCE}: batch_size {self.batch_size} must be a multiple of num_generations "
+                f"({self.num_generations}) and of micro_batch_size ({micro})"
+            )
         if self.scored_samples % self.batch_size or self.scored_samples < self.batch_size:
-            raise SuiteError(f"{SOURCE}: scored_samples {self.scored_samples} must be a positive multiple of "
-                             f"batch_size {self.batch_size}")  # fmt: skip
+            raise SuiteError(
+                f"{SOURCE}: scored_samples {self.scored_samples} must be a positive multiple of "
+                f"batch_size {self.batch_size}"
+            )
         bad_save = self.save_steps is not None and (self.save_steps < 1 or self.save_steps % self.num_iterations)
         if self.keep_checkpoints < 1 or bad_save:
-            raise SuiteError(f"{SOURCE}: keep_checkpoints must be at least 1 and save_steps a positive multiple of "
-                             f"num_iterations ({self.num_iterations}), so that a checkpoint falls where TRL "
-                             f"samples afresh")  # fmt: skip
+            raise SuiteError(
+                f"{SOURCE}: keep_checkpoints must be at least 1 and save_steps a positive multiple of "
+                f"num_iterations ({self.num_iterations}), so that a checkpoint falls where TRL "
+                f"samples afresh"
+            )
 
     @property
     def max_steps(self) -> int:
@@ -179,9 +186,12 @@ class SuiteGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         """TRL's checkpoint, with the reward's counts written first: trainer_state.json, last, marks it complete."""
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        counts = {"scored": self.suite_reward.scored, "unscored": self.suite_reward.unscored,
-                  "train_seconds": self.seconds_before + time.perf_counter() - self.started,
-                  "resumed_from": self.resumed_from}  # fmt: skip
+        counts = {
+            "scored": self.suite_reward.scored,
+            "unscored": self.suite_reward.unscored,
+            "train_seconds": self.seconds_before + time.perf_counter() - self.started,
+            "resumed_from": self.resumed_from,
+        }
         write_json(folder / COUNTS_FILE, counts)
         super()._save_checkpoint(model, trial)
 
@@ -242,8 +252,15 @@ def trl_config(cfg: GRPOHparams, task: Task, out_dir: Path, seed: int, device: s
 
 def train_stats(trainer: SuiteGRPOTrainer, cfg: GRPOHparams, reward: RewardFunc) -> dict:
     """Reward, KL, entropy and lengths per logging step from TRL's log history, and the run's throughput."""
-    keys = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy", "loss": "loss",
-            "completion_length": "completions/mean_length", "frac_reward_zero_std": "frac_reward_zero_std"}  # fmt: skip
+    keys = {
+        "reward": "reward",
+        "reward_std": "reward_std",
+        "kl": "kl",
+        "entropy": "entropy",
+        "loss": "loss",
+        "completion_length": "completions/mean_length",
+        "frac_reward_zero_std": "frac_reward_zero_std",
+    }
     steps = [
         {"step": rec["step"], **{k: rec[v] for k, v in keys.items() if v in rec}}
         for rec in trainer.state.log_history
@@ -271,8 +288,10 @@ def build_trainer(
         raise SuiteError(f"methods/grpo needs trl>={MIN_TRL}, found {trl.__version__}: pip install 'trl>={MIN_TRL}'")
     per_step = cfg.batch_size // cfg.num_generations
     if len(task.train_prompts) < per_step:
-        raise SuiteError(f"{SOURCE}: a step needs {per_step} prompts (batch_size / num_generations) but task "
-                         f"'{task.name}' has {len(task.train_prompts)} train prompts")  # fmt: skip
+        raise SuiteError(
+            f"{SOURCE}: a step needs {per_step} prompts (batch_size / num_generations) but task "
+            f"'{task.name}' has {len(task.train_prompts)} train prompts"
+        )
     set_seed(seed)
     model, tokenizer = load_model(base_model, device)
     texts = [p.text for p in task.train_prompts]
@@ -292,8 +311,10 @@ def build_trainer(
 
 def latest_checkpoint(trl_dir: Path) -> Path | None:
     """The newest complete TRL checkpoint (trainer_state.json is written last), after removing incomplete ones."""
-    found = sorted((p for p in trl_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-                   key=lambda p: int(p.name.split("-")[1]))  # fmt: skip
+    found = sorted(
+        (p for p in trl_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     complete = [p for p in found if (p / "trainer_state.json").is_file() and (p / COUNTS_FILE).is_file()]
     for partial in set(found) - set(complete):
         shutil.rmtree(partial, ignore_errors=True)

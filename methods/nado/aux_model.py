@@ -72,14 +72,14 @@ class AuxConfig:
         metadata={
             "help": "completions drawn per chosen prompt: several give R the within-prompt contrast "
             "that tells the completion's part from the prompt's"
-        },  # fmt: skip
+        },
     )
     r_probe_prompts: int = field(
         default=0,
         metadata={
             "help": "training prompts kept out of R's data; R's AUCs on their samples (samples_per_"
             "prompt each, drawn with the rest) are logged; 0: none"
-        },  # fmt: skip
+        },
     )
     label_threshold: float | None = field(
         default=None, metadata={"help": "None: the reward itself is R's soft label; else 1 if reward >= threshold"}
@@ -158,8 +158,13 @@ class AuxModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, keep: int | None = None):
         """R's logits, [B, T (or the last `keep`), V]: entry v at position t is logit R(x<=t, v); and the cache."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=past_key_values, use_cache=past_key_values is not None)  # fmt: skip
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+        )
         hidden = out.last_hidden_state if keep is None else out.last_hidden_state[:, -keep:]
         return self.head(hidden), out.past_key_values
 
@@ -175,8 +180,12 @@ def completion_r_taken(aux: AuxModel, packed: Packed) -> torch.Tensor:
     """logit R(x<t, x_t) for each completion token, [B, C]: the head's rows of the taken tokens only, so training
     without the consistency term never builds the [B, C, V] logits."""
     C = packed.completion_ids.shape[1]
-    out = aux.backbone(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                       position_ids=packed.position_ids(), use_cache=False)  # fmt: skip
+    out = aux.backbone(
+        input_ids=packed.input_ids,
+        attention_mask=packed.attention_mask,
+        position_ids=packed.position_ids(),
+        use_cache=False,
+    )
     hidden = out.last_hidden_state[:, -C - 1 : -1]  # [B, C, H], the positions that predict the completion
     ids = packed.completion_ids
     return (hidden * aux.head.weight[ids]).sum(-1) + aux.head.bias[ids]
@@ -285,13 +294,27 @@ def collect_samples(
     if not rollout.rewards:
         raise SuiteError(f"{desc}: the reward returned None for every sample")
     held_out = set(probe)
-    samples = [{"prompt_id": task.train_prompts[i].id, "prompt": texts[i], "prompt_ids": prefixes[i],
-                "completion_ids": c, "text": t, "reward": r, "probe": i in held_out}
-               for i, c, t, r in zip(rollout.prompt_index, rollout.completions, rollout.texts, rollout.rewards)]  # fmt: skip
-    stats = {"samples": len(samples), "probe_samples": sum(s["probe"] for s in samples),
-             "dropped_unscored": rollout.dropped, "mean_reward": float(np.mean(rollout.rewards)),
-             "tokens": rollout.tokens, "sample_seconds": rollout.seconds,
-             "tokens_per_second": rollout.tokens / max(rollout.seconds, 1e-9)}  # fmt: skip
+    samples = [
+        {
+            "prompt_id": task.train_prompts[i].id,
+            "prompt": texts[i],
+            "prompt_ids": prefixes[i],
+            "completion_ids": c,
+            "text": t,
+            "reward": r,
+            "probe": i in held_out,
+        }
+        for i, c, t, r in zip(rollout.prompt_index, rollout.completions, rollout.texts, rollout.rewards)
+    ]
+    stats = {
+        "samples": len(samples),
+        "probe_samples": sum(s["probe"] for s in samples),
+        "dropped_unscored": rollout.dropped,
+        "mean_reward": float(np.mean(rollout.rewards)),
+        "tokens": rollout.tokens,
+        "sample_seconds": rollout.seconds,
+        "tokens_per_second": rollout.tokens / max(rollout.seconds, 1e-9),
+    }
     return samples, stats
 
 
@@ -343,8 +366,12 @@ def r_auc(aux: AuxModel, anchor: PreTrainedModel, samples: list[dict], pad_id: i
     """
     seq, tilt = r_scores(aux, anchor, samples, pad_id)
     rewards, groups = [s["reward"] for s in samples], [s["prompt_id"] for s in samples]
-    return {"r_auc": concordance(seq, rewards), "r_auc_within": concordance(seq, rewards, groups),
-            "r_auc_token": concordance(tilt, rewards, groups), "r_probe_samples": len(samples)}  # fmt: skip
+    return {
+        "r_auc": concordance(seq, rewards),
+        "r_auc_within": concordance(seq, rewards, groups),
+        "r_auc_token": concordance(tilt, rewards, groups),
+        "r_probe_samples": len(samples),
+    }
 
 
 def labels_of(samples: list[dict], threshold: float | None) -> list[float]:
@@ -402,8 +429,9 @@ def fit_aux(
             else:
                 r_logits = p_logits = None
                 taken = completion_r_taken(aux, packed)
-        loss, stats = r_loss(taken, packed.completion_mask, labels[idx].to(device), r_logits, p_logits,
-                             cfg.consistency_coef)  # fmt: skip
+        loss, stats = r_loss(
+            taken, packed.completion_mask, labels[idx].to(device), r_logits, p_logits, cfg.consistency_coef
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

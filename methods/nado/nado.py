@@ -47,8 +47,16 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     out_dir, model_dir = Path(out_dir), Path(out_dir) / "model"
     started = time.perf_counter()
     base, tokenizer = load_model(base_model, device)
-    samples, sample_stats = collect_samples(base, tokenizer, task, cfg.num_samples, cfg, np.random.default_rng(seed),
-                                            desc="sampling from the base model", probe_seed=seed)  # fmt: skip
+    samples, sample_stats = collect_samples(
+        base,
+        tokenizer,
+        task,
+        cfg.num_samples,
+        cfg,
+        np.random.default_rng(seed),
+        desc="sampling from the base model",
+        probe_seed=seed,
+    )
     write_jsonl(out_dir / "samples.jsonl", samples)
     aux = AuxModel.from_base(base_model, cfg.r_layers, device, base_rate(samples, cfg.label_threshold))
     r_stats = fit_aux(aux, samples, cfg, tokenizer.pad_token_id, sampler=base, anchor=base, seed=seed)
@@ -57,10 +65,16 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
 
     _, heldout = heldout_split(task.name, task.corpus)
     pairs = text_pairs(tokenizer, [t.text for t in heldout])
-    stats = {**sample_stats, **r_stats, "train_seconds": time.perf_counter() - started, "heldout_texts": len(heldout),
-             "heldout_perplexity": perplexity(lambda packed: target_nll(base, aux, packed, cfg.alpha), pairs,
-                                              tokenizer.pad_token_id, device),
-             "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout)}  # fmt: skip
+    stats = {
+        **sample_stats,
+        **r_stats,
+        "train_seconds": time.perf_counter() - started,
+        "heldout_texts": len(heldout),
+        "heldout_perplexity": perplexity(
+            lambda packed: target_nll(base, aux, packed, cfg.alpha), pairs, tokenizer.pad_token_id, device
+        ),
+        "base_heldout_perplexity": model_perplexity(base, tokenizer, heldout),
+    }
     write_json(out_dir / "train_stats.json", stats)
     return model_dir
 

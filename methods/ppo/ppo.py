@@ -198,8 +198,14 @@ class ValueHead(nn.Module):
 def policy_forward(policy: PreTrainedModel, value_head: ValueHead, packed: Packed) -> tuple[torch.Tensor, ...]:
     """Logprobs of the completion tokens, values at the positions that predict them, and the logits: [B, C] (, V)."""
     C = packed.completion_ids.shape[1]
-    out = policy(input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids(),
-                 logits_to_keep=C + 1, output_hidden_states=True, use_cache=False)  # fmt: skip
+    out = policy(
+        input_ids=packed.input_ids,
+        attention_mask=packed.attention_mask,
+        position_ids=packed.position_ids(),
+        logits_to_keep=C + 1,
+        output_hidden_states=True,
+        use_cache=False,
+    )
     logits = out.logits[:, :-1].float()
     values = value_head(out.hidden_states[-1][:, -(C + 1) : -1])
     return selective_log_softmax(logits, packed.completion_ids), values, logits
@@ -216,8 +222,13 @@ def rows(packed: Packed, idx: torch.Tensor) -> Packed:
     Rows of similar prompt length, taken together, then cost no compute for the longest prompt of the whole batch.
     """
     cut = packed.prefix_len - int(prefix_lengths(packed)[idx].max())
-    return Packed(packed.input_ids[idx, cut:], packed.attention_mask[idx, cut:], packed.completion_ids[idx],
-                  packed.completion_mask[idx], packed.prefix_len - cut)  # fmt: skip
+    return Packed(
+        packed.input_ids[idx, cut:],
+        packed.attention_mask[idx, cut:],
+        packed.completion_ids[idx],
+        packed.completion_mask[idx],
+        packed.prefix_len - cut,
+    )
 
 
 def plan_batches(cfg: PPOConfig, num_prompts: int, seed: int) -> list[tuple[int, list[int]]]:
@@ -277,8 +288,16 @@ class Trainer:
         )
         self.score_norm: tuple[float, float] | None = None
         self.kl_ctl = KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.horizon)
-        self.stats = {"scored_samples": 0, "dropped_unscored": 0, "explore_tokens": 0, "explore_seconds": 0.0,
-                      "train_sequences": 0, "train_seconds": 0.0, "resumed_from": [], "iterations": []}  # fmt: skip
+        self.stats = {
+            "scored_samples": 0,
+            "dropped_unscored": 0,
+            "explore_tokens": 0,
+            "explore_seconds": 0.0,
+            "train_sequences": 0,
+            "train_seconds": 0.0,
+            "resumed_from": [],
+            "iterations": [],
+        }
         self.iteration = 0  # PPO iterations done
         if resume is not None:
             self.restore(resume)
@@ -310,23 +329,35 @@ class Trainer:
 
     def trainable(self) -> dict[str, torch.Tensor]:
         """Every trained tensor by checkpoint name: the policy's parameters and the value head's."""
-        return {**{f"policy.{n}": p for n, p in self.policy.named_parameters()},
-                **{f"value_head.{n}": p for n, p in self.value_head.named_parameters()}}  # fmt: skip
+        return {
+            **{f"policy.{n}": p for n, p in self.policy.named_parameters()},
+            **{f"value_head.{n}": p for n, p in self.value_head.named_parameters()},
+        }
 
     def save_checkpoint(self) -> None:
         rng_tensors, rng_plain = rng_state()
-        objects = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                   "rng": rng_tensors}  # fmt: skip
-        state = {"iteration": self.iteration, "kl_coef": self.kl_ctl.value, "score_norm": self.score_norm,
-                 "stats": self.stats, "rng": rng_plain}  # fmt: skip
+        objects = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_tensors,
+        }
+        state = {
+            "iteration": self.iteration,
+            "kl_coef": self.kl_ctl.value,
+            "score_norm": self.score_norm,
+            "stats": self.stats,
+            "rng": rng_plain,
+        }
         self.checkpoints.save(self.iteration, self.trainable(), objects, state)
 
     def restore(self, path: Path) -> None:
         tensors, objects, state = self.checkpoints.load(path)
         params = self.trainable()
         if set(tensors) != set(params):
-            raise SuiteError(f"{path}/weights.safetensors: its tensors do not match this model's; "
-                             f"move {self.out_dir} away to start afresh")  # fmt: skip
+            raise SuiteError(
+                f"{path}/weights.safetensors: its tensors do not match this model's; "
+                f"move {self.out_dir} away to start afresh"
+            )
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(tensors[name])
@@ -348,15 +379,26 @@ class Trainer:
         started = time.perf_counter()
         self.policy.eval()
         with self.autocast():
-            sampling = dataclasses.replace(self.task.sampling, top_p=1.0, do_sample=True,
-                                           batch_size=cfg.sample_batch_size)  # fmt: skip
-            completions = sample(self.policy, self.tokenizer, [self.prompt_ids[i] for i in chosen], sampling,
-                                 desc=f"iteration {it}: sampling")  # fmt: skip
+            sampling = dataclasses.replace(
+                self.task.sampling, top_p=1.0, do_sample=True, batch_size=cfg.sample_batch_size
+            )
+            completions = sample(
+                self.policy,
+                self.tokenizer,
+                [self.prompt_ids[i] for i in chosen],
+                sampling,
+                desc=f"iteration {it}: sampling",
+            )
         explore_seconds, explore_tokens = time.perf_counter() - started, sum(len(c) for c in completions)
         self.stats["explore_seconds"] += explore_seconds
         self.stats["explore_tokens"] += explore_tokens
-        _, rewards = score_completions(self.task.reward, self.tokenizer, [self.prompts[i].text for i in chosen],
-                                       completions, desc=f"iteration {it}: scoring")  # fmt: skip
+        _, rewards = score_completions(
+            self.task.reward,
+            self.tokenizer,
+            [self.prompts[i].text for i in chosen],
+            completions,
+            desc=f"iteration {it}: scoring",
+        )
         kept = [k for k, r in enumerate(rewards) if r is not None]
         self.stats["dropped_unscored"] += len(rewards) - len(kept)
         self.stats["scored_samples"] += len(kept)
@@ -364,8 +406,9 @@ class Trainer:
             raise SuiteError(f"iteration {it}: the reward returned None for every sample; nothing to learn from")
         scores = torch.tensor([rewards[k] for k in kept], dtype=torch.float32)
         raw_mean, raw_std = scores.mean().item(), scores.std().item() if len(scores) > 1 else 0.0
-        packed = pack([self.prompt_ids[chosen[k]] for k in kept], [completions[k] for k in kept],
-                      self.tokenizer.pad_token_id)  # fmt: skip
+        packed = pack(
+            [self.prompt_ids[chosen[k]] for k in kept], [completions[k] for k in kept], self.tokenizer.pad_token_id
+        )
         packed = packed.to(self.device)
         mask = packed.completion_mask.float()
         logprobs, values, ref_logprobs, entropy = (torch.zeros_like(mask) for _ in range(4))
@@ -387,11 +430,15 @@ class Trainer:
         if cfg.whiten_rewards:
             rewards_t = whiten(rewards_t, mask, shift_mean=False)
         advantages, returns = gae(rewards_t, values, mask, cfg.gamma, cfg.lam)
-        stats = {"reward": raw_mean, "reward_std": raw_std,
-                 "kl": kl.sum(1).mean().item(), "non_score_reward": (-self.kl_ctl.value * kl).sum(1).mean().item(),
-                 "entropy": masked_mean(entropy, mask).item(),
-                 "completion_tokens": mask.sum(1).mean().item(),
-                 "explore_tokens_per_second": explore_tokens / max(explore_seconds, 1e-9)}  # fmt: skip
+        stats = {
+            "reward": raw_mean,
+            "reward_std": raw_std,
+            "kl": kl.sum(1).mean().item(),
+            "non_score_reward": (-self.kl_ctl.value * kl).sum(1).mean().item(),
+            "entropy": masked_mean(entropy, mask).item(),
+            "completion_tokens": mask.sum(1).mean().item(),
+            "explore_tokens_per_second": explore_tokens / max(explore_seconds, 1e-9),
+        }
         return Rollout(packed, mask, logprobs, values, whiten(advantages, mask), returns, stats)
 
     def learn(self, batch: Rollout, rng: np.random.Generator) -> dict[str, float]:
@@ -409,9 +456,18 @@ class Trainer:
                 mask = batch.mask[micro]
                 with self.autocast():
                     logprobs, values, _ = policy_forward(self.policy, self.value_head, rows(batch.packed, micro))
-                loss, stats = ppo_loss(logprobs, values, batch.logprobs[micro], batch.values[micro],
-                                       batch.advantages[micro], batch.returns[micro], mask, cfg.cliprange,
-                                       cfg.cliprange_value, cfg.vf_coef)  # fmt: skip
+                loss, stats = ppo_loss(
+                    logprobs,
+                    values,
+                    batch.logprobs[micro],
+                    batch.values[micro],
+                    batch.advantages[micro],
+                    batch.returns[micro],
+                    mask,
+                    cfg.cliprange,
+                    cfg.cliprange_value,
+                    cfg.vf_coef,
+                )
                 (loss * mask.sum() / tokens).backward()  # token-weighted mean over the minibatch
                 history.append(stats)
             if cfg.max_grad_norm is not None:
@@ -438,8 +494,15 @@ class Trainer:
             started = time.perf_counter()
             batch = self.rollout(it, chosen)
             rollout_seconds = time.perf_counter() - started
-            record = {"iteration": it, "round": rnd, "scored": len(batch.mask), "kl_coef": self.kl_ctl.value,
-                      **batch.stats, **self.learn(batch, rng), "rollout_seconds": rollout_seconds}  # fmt: skip
+            record = {
+                "iteration": it,
+                "round": rnd,
+                "scored": len(batch.mask),
+                "kl_coef": self.kl_ctl.value,
+                **batch.stats,
+                **self.learn(batch, rng),
+                "rollout_seconds": rollout_seconds,
+            }
             self.kl_ctl.update(batch.stats["kl"], len(batch.mask))
             self.stats["iterations"].append(record)
             for key, value in record.items():
@@ -460,8 +523,10 @@ class Trainer:
             with atomic_output(model_dir) as tmp:
                 self.policy.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
-                write_json(tmp / META_FILE, {"final_kl_coef": self.kl_ctl.value, "score_norm": self.score_norm,
-                                             "config": asdict(self.cfg)})  # fmt: skip
+                write_json(
+                    tmp / META_FILE,
+                    {"final_kl_coef": self.kl_ctl.value, "score_norm": self.score_norm, "config": asdict(self.cfg)},
+                )
             with atomic_output(self.out_dir / VALUE_HEAD_FILE) as tmp:
                 save_file(self.value_head.state_dict(), str(tmp))
             s = self.stats
@@ -480,8 +545,16 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     """Train the policy with PPO on the task's reward; return the saved model directory (value head beside it)."""
     set_seed(seed)
     cfg = from_dict_for_task(PPOConfig, hparams, task.name, SOURCE)
-    for name in ("num_rounds", "samples_per_prompt", "minibatch_size", "micro_batch_size", "ppo_epochs",
-                 "sample_batch_size", "forward_batch_size", "keep_checkpoints"):  # fmt: skip
+    for name in (
+        "num_rounds",
+        "samples_per_prompt",
+        "minibatch_size",
+        "micro_batch_size",
+        "ppo_epochs",
+        "sample_batch_size",
+        "forward_batch_size",
+        "keep_checkpoints",
+    ):
         if getattr(cfg, name) < 1:
             raise SuiteError(f"{SOURCE}: {name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:

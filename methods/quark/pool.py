@@ -61,16 +61,29 @@ class Pool:
         exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'samples'").fetchone()
         if exists and version != SCHEMA_VERSION:
             self.db.close()
-            raise SuiteError(f"{self.path}: pool schema version {version}, this code reads {SCHEMA_VERSION}; "
-                             "move it away to start afresh")  # fmt: skip
+            raise SuiteError(
+                f"{self.path}: pool schema version {version}, this code reads {SCHEMA_VERSION}; "
+                "move it away to start afresh"
+            )
         self.db.execute(self.SCHEMA)
         self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.db.commit()
 
     def add(self, samples: list[Sample]) -> None:
         """Commit samples in one transaction: all of them or, if the job dies first, none."""
-        rows = [(s.prompt_id, json.dumps(s.prompt_ids), json.dumps(s.completion_ids), s.prompt, s.completion,
-                 s.reward, s.round, s.slot) for s in samples]  # fmt: skip
+        rows = [
+            (
+                s.prompt_id,
+                json.dumps(s.prompt_ids),
+                json.dumps(s.completion_ids),
+                s.prompt,
+                s.completion,
+                s.reward,
+                s.round,
+                s.slot,
+            )
+            for s in samples
+        ]
         with self.db:
             self.db.executemany(f"INSERT INTO samples ({self.COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
@@ -109,8 +122,9 @@ class Pool:
             if before_round is None:
                 self.db.execute("DELETE FROM samples")
             else:
-                self.db.execute("DELETE FROM samples WHERE reward IS NOT NULL AND round BETWEEN 0 AND ?",
-                                (before_round - 1,))  # fmt: skip
+                self.db.execute(
+                    "DELETE FROM samples WHERE reward IS NOT NULL AND round BETWEEN 0 AND ?", (before_round - 1,)
+                )
 
     def close(self) -> None:
         self.db.close()

@@ -106,34 +106,51 @@ class QuarkConfig:
     )
     keep_checkpoints: int = field(default=2, metadata={"help": "newest complete checkpoints kept while training"})
     unlikelihood_coef: float = field(
-        default=0.0, metadata={"help": "weight of an unlikelihood term added to the loss (the paper's Quark + UL on "
-                               "repetition); 0: plain Quark"},
-    )  # fmt: skip
+        default=0.0,
+        metadata={
+            "help": "weight of an unlikelihood term added to the loss (the paper's Quark + UL on "
+            "repetition); 0: plain Quark"
+        },
+    )
     unlikelihood_level: Literal["sequence", "token"] = field(
-        default="sequence", metadata={"help": "'sequence': the sample's tokens in an n-gram repeated within its "
-                                      "completion; 'token': every earlier token of the sequence (Welleck et al.)"},
-    )  # fmt: skip
+        default="sequence",
+        metadata={
+            "help": "'sequence': the sample's tokens in an n-gram repeated within its "
+            "completion; 'token': every earlier token of the sequence (Welleck et al.)"
+        },
+    )
     unlikelihood_ngram_n: int = field(default=4, metadata={"help": "n of the sequence-level repeated n-grams"})
     reward_token_lr_scale: float = field(
-        default=1.0, metadata={"help": "the reward tokens' embedding rows take this many times AdamW's step (1: the "
-                               "reference code); for short runs, in which the new rows barely leave their random start"},
-    )  # fmt: skip
+        default=1.0,
+        metadata={
+            "help": "the reward tokens' embedding rows take this many times AdamW's step (1: the "
+            "reference code); for short runs, in which the new rows barely leave their random start"
+        },
+    )
     token_position: Literal["start", "end"] = field(
-        default="start", metadata={"help": "where the reward token goes: 'start', before the prompt (the reference "
-                                   "code), or 'end', between the prompt and the completion"},
-    )  # fmt: skip
+        default="start",
+        metadata={
+            "help": "where the reward token goes: 'start', before the prompt (the reference "
+            "code), or 'end', between the prompt and the completion"
+        },
+    )
     probe_prompts: int = field(
-        default=0, metadata={"help": "training prompts held out of exploration and training for the controllability "
-                             "probe (methods/common/probe.py), logged every round; 0: no probe"},
-    )  # fmt: skip
+        default=0,
+        metadata={
+            "help": "training prompts held out of exploration and training for the controllability "
+            "probe (methods/common/probe.py), logged every round; 0: no probe"
+        },
+    )
     probe_samples_per_prompt: int = field(
         default=4, metadata={"help": "samples of the reference model per probe prompt, scored once"}
     )
     lora: dict | None = field(
         default=None,
-        metadata={"help": "LoRA through PEFT, {r, alpha, dropout, target_modules} (defaults 16, 32, 0.0, PEFT's for "
-                  "the architecture); the reference is the base with adapters disabled; None: full fine-tuning"},
-    )  # fmt: skip
+        metadata={
+            "help": "LoRA through PEFT, {r, alpha, dropout, target_modules} (defaults 16, 32, 0.0, PEFT's for "
+            "the architecture); the reference is the base with adapters disabled; None: full fine-tuning"
+        },
+    )
 
 
 def reward_token_names(k: int) -> list[str]:
@@ -195,9 +212,14 @@ def add_lora(model: PreTrainedModel, lora: dict, trainable_token_ids: list[int])
         )
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
-                        target_modules=lora.get("target_modules"), trainable_token_indices=trainable_token_ids,
-                        task_type="CAUSAL_LM")  # fmt: skip
+    config = LoraConfig(
+        r=lora.get("r", 16),
+        lora_alpha=lora.get("alpha", 32),
+        lora_dropout=lora.get("dropout", 0.0),
+        target_modules=lora.get("target_modules"),
+        trainable_token_indices=trainable_token_ids,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -218,8 +240,10 @@ class Trainer:
         self.task, self.cfg, self.seed, self.out_dir = task, cfg, seed, Path(out_dir)
         self.acc = Accelerator(cpu=str(device) == "cpu")
         if self.acc.distributed_type == DistributedType.FSDP:
-            raise SuiteError("Quark's exploration cannot generate from FSDP-sharded parameters; launch with "
-                             "workflow/accelerate/ddp.yaml, deepspeed_zero2.yaml or deepspeed_zero3.yaml")  # fmt: skip
+            raise SuiteError(
+                "Quark's exploration cannot generate from FSDP-sharded parameters; launch with "
+                "workflow/accelerate/ddp.yaml, deepspeed_zero2.yaml or deepspeed_zero3.yaml"
+            )
         self.rank, self.world, self.main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
         if cfg.batch_size < self.world:
             raise SuiteError(f"batch_size {cfg.batch_size} is smaller than the {self.world} processes sharing it")
@@ -249,8 +273,16 @@ class Trainer:
             self.optimizer, min(cfg.warmup_steps, total_steps), total_steps
         )
         self.kl_ctl = KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.horizon)
-        self.stats = {"dropped_unscored": 0, "explore_tokens": 0, "explore_seconds": 0.0, "train_sequences": 0,
-                      "train_seconds": 0.0, "processes": self.world, "resumed_from": [], "rounds": []}  # fmt: skip
+        self.stats = {
+            "dropped_unscored": 0,
+            "explore_tokens": 0,
+            "explore_seconds": 0.0,
+            "train_sequences": 0,
+            "train_seconds": 0.0,
+            "processes": self.world,
+            "resumed_from": [],
+            "rounds": [],
+        }
         self.round, self.step = 0, 0  # the next round, and the steps of it already taken
         self.history: list[dict] = []  # this round's step statistics
         self.probe_samples: list[Sample] = []  # the main process's probe set
@@ -317,8 +349,15 @@ class Trainer:
             # DeepSpeed partitions AdamW's moments across processes: its checkpoints restart them (untested here)
             optimizer = None if self.acc.distributed_type == DistributedType.DEEPSPEED else self.optimizer.state_dict()
             objects = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng_tensors}
-            state = {"round": self.round, "step": self.step, "kl_coef": self.kl_ctl.value, "stats": self.stats,
-                     "history": self.history, "explored": self.explored, "rng": rng_plain}  # fmt: skip
+            state = {
+                "round": self.round,
+                "step": self.step,
+                "kl_coef": self.kl_ctl.value,
+                "stats": self.stats,
+                "history": self.history,
+                "explored": self.explored,
+                "rng": rng_plain,
+            }
             self.checkpoints.save(self.global_step, tensors, objects, state)
         self.acc.wait_for_everyone()
 
@@ -327,8 +366,10 @@ class Trainer:
         model = self.acc.unwrap_model(self.policy)
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         if set(tensors) != trainable:
-            raise SuiteError(f"{path}/weights.safetensors: its tensors do not match this model's trainable ones; "
-                             f"move {path.parent} away to start afresh")  # fmt: skip
+            raise SuiteError(
+                f"{path}/weights.safetensors: its tensors do not match this model's trainable ones; "
+                f"move {path.parent} away to start afresh"
+            )
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name in tensors:
@@ -353,8 +394,10 @@ class Trainer:
         under round PROBE_ROUND (never trained on), so that a resumed run probes the same samples."""
         cfg = self.cfg
         chosen = [i for i in self.probe_idx for _ in range(cfg.probe_samples_per_prompt)]
-        batches = [list(range(s, min(s + cfg.sample_batch_size, len(chosen))))
-                   for s in range(0, len(chosen), cfg.sample_batch_size)]  # fmt: skip
+        batches = [
+            list(range(s, min(s + cfg.sample_batch_size, len(chosen))))
+            for s in range(0, len(chosen), cfg.sample_batch_size)
+        ]
         done = self.pool.explored_slots(PROBE_ROUND)
         with self.reference() as model:
             for b, slots in enumerate(tqdm(batches, desc="probe set", leave=False)):
@@ -368,8 +411,15 @@ class Trainer:
             return {}
         model = self.acc.unwrap_model(self.policy)
         with self.autocast():
-            return controllability(model, self.probe_samples, self.condition, 0, self.cfg.num_quantiles - 1,
-                                   self.tokenizer.pad_token_id, self.vocab_size)  # fmt: skip
+            return controllability(
+                model,
+                self.probe_samples,
+                self.condition,
+                0,
+                self.cfg.num_quantiles - 1,
+                self.tokenizer.pad_token_id,
+                self.vocab_size,
+            )
 
     # ---- one round ----
 
@@ -416,10 +466,17 @@ class Trainer:
         torch.manual_seed(derived_seed(self.seed, *((rnd, 0) if rnd >= 0 else (PROBE_ROUND_KEY,)), batch))
         with self.autocast():
             completions = sample(model, self.tokenizer, prefixes, sampling, suppress, desc=f"batch {batch}")
-        texts, rewards = score_completions(self.task.reward, self.tokenizer, [self.prompts[p].text for p in prompts],
-                                           completions, desc=f"round {rnd}: scoring")  # fmt: skip
-        return [Sample(self.prompts[p].id, self.prompt_ids[p], c, self.prompts[p].text, t, r, rnd, i)
-                for i, p, c, t, r in zip(slots, prompts, completions, texts, rewards)]  # fmt: skip
+        texts, rewards = score_completions(
+            self.task.reward,
+            self.tokenizer,
+            [self.prompts[p].text for p in prompts],
+            completions,
+            desc=f"round {rnd}: scoring",
+        )
+        return [
+            Sample(self.prompts[p].id, self.prompt_ids[p], c, self.prompts[p].text, t, r, rnd, i)
+            for i, p, c, t, r in zip(slots, prompts, completions, texts, rewards)
+        ]
 
     def explore(self, rnd: int) -> list[float]:
         """Sample and score this round's batches not yet in the pool; returns the round's scored rewards (main)."""
@@ -428,8 +485,10 @@ class Trainer:
         n = m if cfg.prompts_per_round is None else min(cfg.prompts_per_round, m)
         chosen = np.random.default_rng([self.seed, rnd, 0]).choice(m, size=n, replace=False)
         chosen = [self.explore_idx[i] for i in chosen for _ in range(cfg.samples_per_prompt)]
-        batches = [list(range(s, min(s + cfg.sample_batch_size, len(chosen))))
-                   for s in range(0, len(chosen), cfg.sample_batch_size)]  # fmt: skip
+        batches = [
+            list(range(s, min(s + cfg.sample_batch_size, len(chosen))))
+            for s in range(0, len(chosen), cfg.sample_batch_size)
+        ]
         if self.main and cfg.clear_pool_each_round:
             self.pool.clear(before_round=rnd)
         done = broadcast_object_list([self.pool.explored_slots(rnd) if self.main else None])[0]
@@ -475,22 +534,33 @@ class Trainer:
             torch.manual_seed(derived_seed(self.seed, rnd, 1))
         self.policy.train()
         started, first_step = time.perf_counter(), self.step
-        for step in tqdm(range(self.step, cfg.steps_per_round), desc=f"round {rnd}: training", leave=False,
-                         **self.quiet):  # fmt: skip
+        for step in tqdm(
+            range(self.step, cfg.steps_per_round), desc=f"round {rnd}: training", leave=False, **self.quiet
+        ):
             batch = [order[(step * cfg.batch_size + j) % len(pool)] for j in range(cfg.batch_size)]
             idx = batch[self.rank :: self.world]  # this process's share of the global batch
             prompts = [pool[i].prompt_ids for i in idx]
             completions = [pool[i].completion_ids for i in idx]
-            conditioned = pack([self.condition(p, quantiles[i]) for i, p in zip(idx, prompts)], completions,
-                               self.tokenizer.pad_token_id)  # fmt: skip
+            conditioned = pack(
+                [self.condition(p, quantiles[i]) for i, p in zip(idx, prompts)],
+                completions,
+                self.tokenizer.pad_token_id,
+            )
             plain = pack(prompts, completions, self.tokenizer.pad_token_id)
             with self.autocast():
                 logits = completion_logits(self.policy, conditioned)[..., : self.vocab_size]
                 with torch.no_grad(), self.reference() as ref:
                     ref_logits = completion_logits(ref, plain)[..., : self.vocab_size]
-            loss, stats = quark_loss(logits, ref_logits, conditioned.completion_ids, conditioned.completion_mask,
-                                     self.kl_ctl.value, cfg.entropy_coef, self.unlikelihood(conditioned),
-                                     cfg.unlikelihood_coef)  # fmt: skip
+            loss, stats = quark_loss(
+                logits,
+                ref_logits,
+                conditioned.completion_ids,
+                conditioned.completion_mask,
+                self.kl_ctl.value,
+                cfg.entropy_coef,
+                self.unlikelihood(conditioned),
+                cfg.unlikelihood_coef,
+            )
             tokens = conditioned.completion_mask.sum().item()
             if self.world > 1:  # DDP averages the processes' gradients: weight each by its share of the tokens
                 all_tokens = self.acc.reduce(torch.tensor(float(tokens), device=self.device), "sum").item()
@@ -564,8 +634,11 @@ class Trainer:
             if self.step == 0:
                 started = time.perf_counter()
                 rewards = self.explore(rnd)
-                self.explored = {"explored": len(rewards), "explore_reward": float(np.mean(rewards)) if rewards else None,
-                                 "samples_per_second": len(rewards) / max(time.perf_counter() - started, 1e-9)}  # fmt: skip
+                self.explored = {
+                    "explored": len(rewards),
+                    "explore_reward": float(np.mean(rewards)) if rewards else None,
+                    "samples_per_second": len(rewards) / max(time.perf_counter() - started, 1e-9),
+                }
             summary, cuts = self.learn(rnd)
             # every process must reach the round's end with the same step count, pool and quantile boundaries
             ends = gather_object([[rnd, self.global_step, cuts]])
@@ -573,9 +646,16 @@ class Trainer:
                 raise RuntimeError(f"round {rnd}: processes out of lock-step: {ends}")
             self.round, self.step = rnd + 1, 0
             if self.main:
-                record = {"round": rnd, **self.explored, "pool_size": len(self.pool), "kl_coef": self.kl_ctl.value,
-                          "dropped_unscored": self.stats["dropped_unscored"], **summary, **self.probe(),
-                          "process_ends": ends}  # fmt: skip
+                record = {
+                    "round": rnd,
+                    **self.explored,
+                    "pool_size": len(self.pool),
+                    "kl_coef": self.kl_ctl.value,
+                    "dropped_unscored": self.stats["dropped_unscored"],
+                    **summary,
+                    **self.probe(),
+                    "process_ends": ends,
+                }
                 self.stats.update({k: v for k, v in record.items() if k.startswith("probe_")})  # the latest
                 self.stats["rounds"].append(record)
                 for key, value in record.items():
@@ -604,8 +684,13 @@ class Trainer:
             try:
                 model.save_pretrained(tmp, state_dict=weights)
                 self.tokenizer.save_pretrained(tmp)
-                meta = {"reward_tokens": reward_token_names(self.cfg.num_quantiles), "reward_token_ids": self.reward_ids,
-                        "best_quantile": 0, "base_vocab_size": self.vocab_size, "config": asdict(self.cfg)}  # fmt: skip
+                meta = {
+                    "reward_tokens": reward_token_names(self.cfg.num_quantiles),
+                    "reward_token_ids": self.reward_ids,
+                    "best_quantile": 0,
+                    "base_vocab_size": self.vocab_size,
+                    "config": asdict(self.cfg),
+                }
                 write_json(tmp / META_FILE, meta)
                 shutil.rmtree(model_dir, ignore_errors=True)
                 tmp.rename(model_dir)
@@ -650,5 +735,14 @@ def generate(
     if not isinstance(k, int) or not 0 <= k < len(ids):
         raise SuiteError(f"quantile must be 'best', 'worst' or 0..{len(ids) - 1}, got {quantile!r}")
     at_end = meta.get("config", {}).get("token_position", "start") == "end"  # models from before the option: start
-    generate_jsonl(model, tokenizer, prompts, num_samples, sampling, out_path, seed, suppress_ids=ids,
-                   **{"suffix_ids" if at_end else "prefix_ids": [ids[k]]})  # fmt: skip
+    generate_jsonl(
+        model,
+        tokenizer,
+        prompts,
+        num_samples,
+        sampling,
+        out_path,
+        seed,
+        suppress_ids=ids,
+        **{"suffix_ids" if at_end else "prefix_ids": [ids[k]]},
+    )

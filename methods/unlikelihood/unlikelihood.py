@@ -82,8 +82,9 @@ class UnlikelihoodConfig:
     ul_batch_size: int = field(default=64, metadata={"help": "reward tasks: unwanted completions per update (UL)"})
 
     def schedule(self, steps: int, batch_size: int) -> LMSchedule:
-        return LMSchedule(steps, batch_size, self.lr, self.warmup_steps, self.weight_decay, self.max_grad_norm,
-                          self.bf16)  # fmt: skip
+        return LMSchedule(
+            steps, batch_size, self.lr, self.warmup_steps, self.weight_decay, self.max_grad_norm, self.bf16
+        )
 
 
 def to_device(packed: Packed, device: torch.device) -> Packed:
@@ -131,15 +132,17 @@ class SequencePhaseLoss:
             loss, stats = mle_token_ul_loss(model, packed, self.cfg.token_ul_coef)
             self.history.append({"sequence_level": 0.0, **stats})
             return loss
-        idx = self.rng.choice(len(self.prefixes), size=min(self.cfg.sequence_batch_size, len(self.prefixes)),
-                              replace=False)  # fmt: skip
+        idx = self.rng.choice(
+            len(self.prefixes), size=min(self.cfg.sequence_batch_size, len(self.prefixes)), replace=False
+        )
         prefixes = [self.prefixes[i] for i in idx]
         model.eval()
         completions = sample(model, self.tokenizer, prefixes, self.sampling, desc="greedy continuations")
         model.train()
         device = next(model.parameters()).device
-        loss, stats = sequence_ul_loss(model, to_device(pack(prefixes, completions, self.tokenizer.pad_token_id), device),
-                                       self.cfg.ngram_n)  # fmt: skip
+        loss, stats = sequence_ul_loss(
+            model, to_device(pack(prefixes, completions, self.tokenizer.pad_token_id), device), self.cfg.ngram_n
+        )
         self.history.append({"sequence_level": 1.0, **stats})
         return loss
 
@@ -163,15 +166,29 @@ def train_repetition(model, tokenizer, task: Task, cfg: UnlikelihoodConfig, seed
             token_history.append(step_stats)
             return loss
 
-        stats["token_phase"] = train_lm(model, pairs, cfg.schedule(cfg.token_steps, cfg.text_batch_size), pad,
-                                        seed=seed, desc="token-level UL", loss_fn=token_loss)  # fmt: skip
+        stats["token_phase"] = train_lm(
+            model,
+            pairs,
+            cfg.schedule(cfg.token_steps, cfg.text_batch_size),
+            pad,
+            seed=seed,
+            desc="token-level UL",
+            loss_fn=token_loss,
+        )
         stats["token_phase"].update(summarise(token_history))
     if cfg.sequence_steps > 0:
         prefixes = encode_prompts(tokenizer, [p.text for p in task.train_prompts], cfg.max_prompt_tokens)
         greedy = dataclasses.replace(task.sampling, do_sample=False, batch_size=cfg.sequence_batch_size)
         phase = SequencePhaseLoss(cfg, tokenizer, prefixes, greedy, seed + 1)
-        stats["sequence_phase"] = train_lm(model, pairs, cfg.schedule(cfg.sequence_steps, cfg.text_batch_size), pad,
-                                           seed=seed + 1, desc="sequence-level UL", loss_fn=phase)  # fmt: skip
+        stats["sequence_phase"] = train_lm(
+            model,
+            pairs,
+            cfg.schedule(cfg.sequence_steps, cfg.text_batch_size),
+            pad,
+            seed=seed + 1,
+            desc="sequence-level UL",
+            loss_fn=phase,
+        )
         seq = [h for h in phase.history if h["sequence_level"]]
         stats["sequence_phase"].update({"sequence_updates": len(seq), **summarise(seq)})
     return stats
@@ -204,8 +221,10 @@ class UnwantedLoss:
             while len(self.order) < size:
                 self.order += self.rng.permutation(len(self.unwanted)).tolist()
             idx, self.order = self.order[:size], self.order[size:]
-            bad = to_device(pack([self.unwanted[i][0] for i in idx], [self.unwanted[i][1] for i in idx], self.pad_id),
-                            packed.input_ids.device)  # fmt: skip
+            bad = to_device(
+                pack([self.unwanted[i][0] for i in idx], [self.unwanted[i][1] for i in idx], self.pad_id),
+                packed.input_ids.device,
+            )
             ul = sequence_unlikelihood(completion_logprobs(model, bad), bad.completion_ids, bad.completion_mask.float())
             ul = ul.sum() / bad.completion_mask.sum().clamp(min=1)
             loss = loss + self.cfg.ul_coef * ul
@@ -219,8 +238,9 @@ def train_rewarded(model, tokenizer, task: Task, cfg: UnlikelihoodConfig, seed: 
     rng = np.random.default_rng(seed)
     prompts = [p.text for p in task.train_prompts]
     prompt_ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-    sampling = dataclasses.replace(task.sampling, top_p=cfg.explore_top_p, do_sample=True,
-                                   batch_size=cfg.sample_batch_size)  # fmt: skip
+    sampling = dataclasses.replace(
+        task.sampling, top_p=cfg.explore_top_p, do_sample=True, batch_size=cfg.sample_batch_size
+    )
     device = next(model.parameters()).device
     pool: list[tuple[list[int], list[int], float]] = []  # (prompt ids, completion ids, reward)
     stats: dict = {"dropped_unscored": 0, "sample_tokens": 0, "sample_seconds": 0.0, "rounds": []}
@@ -231,8 +251,9 @@ def train_rewarded(model, tokenizer, task: Task, cfg: UnlikelihoodConfig, seed: 
         ]
         model.eval()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            ro = sample_and_score(model, tokenizer, task.reward, prompts, prompt_ids, chosen, sampling,
-                                  desc=f"round {rnd}")  # fmt: skip
+            ro = sample_and_score(
+                model, tokenizer, task.reward, prompts, prompt_ids, chosen, sampling, desc=f"round {rnd}"
+            )
         stats["dropped_unscored"] += ro.dropped
         stats["sample_tokens"] += ro.tokens
         stats["sample_seconds"] += ro.seconds
@@ -240,16 +261,32 @@ def train_rewarded(model, tokenizer, task: Task, cfg: UnlikelihoodConfig, seed: 
         wanted = [(p, c) for p, c, r in pool if r >= cfg.wanted_threshold and c]
         unwanted = [(p, c) for p, c, r in pool if r < cfg.unwanted_threshold and c]
         if not wanted:
-            raise SuiteError(f"round {rnd}: no sample has reward >= wanted_threshold {cfg.wanted_threshold}; "
-                             f"nothing to train the MLE term on ({SOURCE})")  # fmt: skip
+            raise SuiteError(
+                f"round {rnd}: no sample has reward >= wanted_threshold {cfg.wanted_threshold}; "
+                f"nothing to train the MLE term on ({SOURCE})"
+            )
         loss_fn = UnwantedLoss(cfg, unwanted, tokenizer.pad_token_id, seed + rnd)
         started = time.perf_counter()
-        learned = train_lm(model, wanted, cfg.schedule(cfg.steps_per_round, cfg.batch_size), tokenizer.pad_token_id,
-                           seed=seed + rnd, desc=f"round {rnd}: training", loss_fn=loss_fn)  # fmt: skip
-        record = {"round": rnd, "sampled": len(ro.rewards) + ro.dropped,
-                  "sample_reward": float(np.mean(ro.rewards)) if ro.rewards else None,
-                  "pool_size": len(pool), "wanted": len(wanted), "unwanted": len(unwanted),
-                  "train_seconds": time.perf_counter() - started, **learned, **summarise(loss_fn.history)}  # fmt: skip
+        learned = train_lm(
+            model,
+            wanted,
+            cfg.schedule(cfg.steps_per_round, cfg.batch_size),
+            tokenizer.pad_token_id,
+            seed=seed + rnd,
+            desc=f"round {rnd}: training",
+            loss_fn=loss_fn,
+        )
+        record = {
+            "round": rnd,
+            "sampled": len(ro.rewards) + ro.dropped,
+            "sample_reward": float(np.mean(ro.rewards)) if ro.rewards else None,
+            "pool_size": len(pool),
+            "wanted": len(wanted),
+            "unwanted": len(unwanted),
+            "train_seconds": time.perf_counter() - started,
+            **learned,
+            **summarise(loss_fn.history),
+        }
         stats["rounds"].append(record)
         tqdm.write(f"round {rnd}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
     stats["sample_tokens_per_second"] = stats["sample_tokens"] / max(stats["sample_seconds"], 1e-9)

@@ -47,7 +47,7 @@ def discover_methods(root="methods"):
         name = path.parent.name
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             fail(f"{path.parent}: a method directory's name takes lowercase letters, digits and underscores only "
-                 f"(a hyphen separates a row's variant: 'quark-worst')")  # fmt: skip
+                 f"(a hyphen separates a row's variant: 'quark-worst')")
         try:
             spec = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -77,7 +77,7 @@ METHODS = discover_methods()
 # A method whose training is more than one job (ACF's concurrent rounds) ships methods/<name>/rules.smk: its rules
 # must write {R}/{task}/<name>/seed{seed}/model.json and train.benchmark.tsv; the generic train rule leaves it alone.
 METHOD_RULES = {m: str(Path(workflow.basedir, "methods", m, "rules.smk")) for m in METHODS
-                if Path(workflow.basedir, "methods", m, "rules.smk").is_file()}  # fmt: skip
+                if Path(workflow.basedir, "methods", m, "rules.smk").is_file()}
 # A budget row, <method>-x<k>, trains its own model with method.yaml's `budget_keys` (the hyperparameters that set
 # how many scored samples training draws) multiplied by k: the budget curve's rows.
 BUDGET_VARIANT = re.compile(r"x([1-9][0-9]*)")
@@ -85,7 +85,7 @@ for _m, _spec in METHODS.items():
     if _spec.get("budget_keys") and _m in METHOD_RULES:
         fail(f"methods/{_m}/method.yaml: budget_keys need the generic train rule, and {_m} ships rules.smk")
 GENERIC_TRAIN = "|".join([m for m in METHODS if m not in METHOD_RULES] +
-                         [f"{m}-x[1-9][0-9]*" for m in METHODS if METHODS[m].get("budget_keys")]) or "(?!)"  # fmt: skip
+                         [f"{m}-x[1-9][0-9]*" for m in METHODS if METHODS[m].get("budget_keys")]) or "(?!)"
 PROFILE = config["profile"]
 GPUS = int(config["device"].startswith("cuda"))  # the `gpu` resource of every rule that loads a model
 R = f"{config['results_dir'].rstrip('/')}/{PROFILE}"
@@ -108,7 +108,7 @@ def check_prompts(task):
         for split in ("train", "eval"):
             path = d[f"{split}_prompts"]
             select_prompts(read_prompts(path), None, 0, d.get(f"{split}_min_prompt_toxicity"),
-                           d.get(f"{split}_max_prompt_toxicity"), path)  # fmt: skip
+                           d.get(f"{split}_max_prompt_toxicity"), path)
     except SuiteError as exc:
         fail(str(exc))
 
@@ -123,7 +123,7 @@ def check_names(task):
     judge = judge.get("name") if isinstance(judge, dict) else judge
     if reward.get("name") not in reward_names():
         fail(f"{CONFIG_FILES}: reward.{task}.name: unknown reward '{reward.get('name')}' (known: "
-             f"{', '.join(reward_names())})")  # fmt: skip
+             f"{', '.join(reward_names())})")
     for key, name in (("reward", reward.get("scorer")), ("scorers", judge)):
         if name is not None and name not in scorer_names():
             fail(f"{CONFIG_FILES}: {key}.{task}: unknown scorer '{name}' (known: {', '.join(scorer_names())})")
@@ -233,7 +233,7 @@ def check_rows(rows, source):
         budget = variant and BUDGET_VARIANT.fullmatch(variant) and METHODS[method].get("budget_keys")
         if variant and not budget and variant not in (METHODS[method].get("variants") or {}):
             fail(f"{source}: method '{method}' has no variant '{variant}' in methods/{method}/method.yaml"
-                 + (" (nor budget_keys for a budget row)" if BUDGET_VARIANT.fullmatch(variant) else ""))  # fmt: skip
+                 + (" (nor budget_keys for a budget row)" if BUDGET_VARIANT.fullmatch(variant) else ""))
 
 
 check_rows(config["methods"], source("methods"))
@@ -246,7 +246,7 @@ def rows_for(task):
 for task in TASKS:
     if not rows_for(task):
         fail(f"{source('methods')}: no requested method runs task '{task}' (each method's tasks are in "
-             f"methods/<name>/method.yaml); add one, or leave '{task}' out of `tasks`")  # fmt: skip
+             f"methods/<name>/method.yaml); add one, or leave '{task}' out of `tasks`")
 
 
 def check_variant_options():
@@ -266,7 +266,7 @@ def check_variant_options():
         unknown = sorted(set(options) - set(params))
         if unknown:
             fail(f"methods/{method}/method.yaml: variant '{variant}' passes {', '.join(unknown)} to generate(), "
-                 f"which takes only {', '.join(params)}")  # fmt: skip
+                 f"which takes only {', '.join(params)}")
 
 
 check_variant_options()
@@ -313,11 +313,11 @@ CLUSTER = workflow._cores is None or workflow.remote_exec
 JOB_MEM_MB = {"train": 12000, "generate": 6000, "evaluate": 6000, "type_sentiment_prompts": 6000,
               "base_model": 4000, "toxicity_head": 4000, "prepare_corpus": 2000, "dexperts_expert": 8000,
               "dexperts_ensemble": 6000, "acf_sample": 4000, "acf_train_r": 4000, "acf_train_lm": 8000,
-              "acf_finish": 4000, "default": 1000}  # fmt: skip
+              "acf_finish": 4000, "default": 1000}
 JOB_RUNTIME = {"train": 480, "dexperts_expert": 240, "acf_train_lm": 120, "acf_train_r": 120, "acf_sample": 120,
-               "type_sentiment_prompts": 120, "generate": 120, "evaluate": 120, "default": 60}  # fmt: skip
+               "type_sentiment_prompts": 120, "generate": 120, "evaluate": 120, "default": 60}
 MODEL_RULES = {"train", "generate", "evaluate", "type_sentiment_prompts", "prepare_corpus", "dexperts_expert",
-               "acf_sample", "acf_train_r", "acf_train_lm"}  # fmt: skip
+               "acf_sample", "acf_train_r", "acf_train_lm"}
 
 
 def job_cores():
@@ -345,7 +345,7 @@ def job_resources(rule):
     return {"mem_mb": request("mem_mb", rule), "runtime": request("runtime", rule),
             **({"gpu": GPUS} if rule in MODEL_RULES else {}),
             **({"slurm_account": c["account"]} if c["account"] else {}),
-            **({"slurm_partition": partition} if partition else {})}  # fmt: skip
+            **({"slurm_partition": partition} if partition else {})}
 
 
 def check_cluster_fit():
@@ -378,7 +378,7 @@ def check_cluster_fit():
             sizes = ", ".join(f"{c} CPUs/{m} MB" for c, m in sorted(set(nodes.get(part, [])))) or "none"
             fail(f"{CONFIG_FILES}: rule '{rule.name}' asks {threads} CPUs and {res['mem_mb']} MB, which no node of "
                  f"partition '{part or 'default'}' has (nodes: {sizes}); lower cluster.threads or "
-                 f"cluster.mem_mb.{rule.name} in a --configfile")  # fmt: skip
+                 f"cluster.mem_mb.{rule.name} in a --configfile")
 
 
 wildcard_constraints:

@@ -75,8 +75,11 @@ def timed(step, warmup: int, steps: int) -> dict:
         step()
         seconds.append(time.perf_counter() - started)
     after = usage()
-    return {"seconds": statistics.median(seconds), "faults": (after[0] - faults) / steps,
-            "kernel_seconds": (after[1] - kernel) / steps}  # fmt: skip
+    return {
+        "seconds": statistics.median(seconds),
+        "faults": (after[0] - faults) / steps,
+        "kernel_seconds": (after[1] - kernel) / steps,
+    }
 
 
 def batch_ids(torch, n: int, completion: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
@@ -92,8 +95,9 @@ def sampling_worker(torch, args, variant: str) -> dict:
 
     model, tokenizer = load(args.model)
     prompts = torch.randint(100, 1000, (args.batch, 32), generator=torch.Generator().manual_seed(0)).tolist()
-    sampling = Sampling(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, top_p=0.9,
-                        batch_size=args.batch)  # fmt: skip
+    sampling = Sampling(
+        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, top_p=0.9, batch_size=args.batch
+    )
     samplers = {"sample": sample} if variant == "after" else {"generate": sample_generate, "sample": sample}
     out = {}
     for mode in ("fp32", "bf16"):
@@ -152,8 +156,9 @@ def ppo_worker(torch, args, variant: str, bf16: bool) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logprobs, values, _ = policy_forward(policy, head, rows(packed, micro))
             mask = packed.completion_mask[micro]
-            loss, _ = ppo_loss(logprobs, values, old[micro], returns[micro], advantages[micro], returns[micro],
-                               mask, 0.2, 0.2, 0.1)  # fmt: skip
+            loss, _ = ppo_loss(
+                logprobs, values, old[micro], returns[micro], advantages[micro], returns[micro], mask, 0.2, 0.2, 0.1
+            )
             (loss / 2).backward()
         optimizer.step()
 
@@ -179,10 +184,13 @@ def memory(torch, policy, ref, optimizer) -> dict:
     """GB: the peak resident size and what the step's long-lived tensors account for."""
     nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors) / 1e9  # noqa: E731
     states = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    return {"peak resident": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "policy weights (fp32)": nbytes(policy.parameters()), "reference weights": nbytes(ref.parameters()),
-            "gradients": nbytes(p.grad for p in policy.parameters() if p.grad is not None),
-            "AdamW moments": nbytes(states)}  # fmt: skip
+    return {
+        "peak resident": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "policy weights (fp32)": nbytes(policy.parameters()),
+        "reference weights": nbytes(ref.parameters()),
+        "gradients": nbytes(p.grad for p in policy.parameters() if p.grad is not None),
+        "AdamW moments": nbytes(states),
+    }
 
 
 def worker(args) -> None:
@@ -209,9 +217,22 @@ def worker(args) -> None:
 
 
 def run_worker(args, kind: str, variant: str) -> dict:
-    passed = ["--model", str(args.model), "--threads", str(args.threads), "--batch", str(args.batch),
-              "--new-tokens", str(args.new_tokens), "--steps", str(args.steps), "--quark-batch",
-              str(args.quark_batch), "--ppo-batch", str(args.ppo_batch)]  # fmt: skip
+    passed = [
+        "--model",
+        str(args.model),
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--steps",
+        str(args.steps),
+        "--quark-batch",
+        str(args.quark_batch),
+        "--ppo-batch",
+        str(args.ppo_batch),
+    ]
     cmd = [sys.executable, __file__, "--worker", kind, "--worker-variant", variant, *passed]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
@@ -247,13 +268,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     native = "bf16" if native_bf16() else "fp32"
     print(f"cpu: {cpu()}")
-    print(f"torch {torch.__version__}, {args.threads} threads, capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native dtype (bf16: auto) {native}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"native dtype (bf16: auto) {native}"
+    )
     peak = {mode: matmul_peak(torch, mode == "bf16") for mode in ("fp32", "bf16")}
     print("matmul peak 2048x2048: " + ", ".join(f"{m} {g:.0f} GFLOP/s" for m, g in peak.items()))
     params = sum(p.numel() for p in load(args.model)[0].parameters())
-    print(f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW; after = methods/common/speed.py;"
-          f" medians of {args.repeats} workers x {args.steps} calls each")  # fmt: skip
+    print(
+        f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW; after = methods/common/speed.py;"
+        f" medians of {args.repeats} workers x {args.steps} calls each"
+    )
 
     results: dict[str, dict[str, list[dict]]] = {}
     for _ in range(args.repeats):
@@ -283,9 +308,11 @@ def report(results: dict, peak: dict, native: str, params: int, args) -> None:
         cells = []
         for variant in by_variant:
             s = median(name, variant, "seconds")
-            cells.append(f"{variant} {work / s:.1f} {unit} ({100 * flops / s / 1e9 / peak[mode]:.1f}% of {mode} peak, "
-                         f"{median(name, variant, 'faults'):,.0f} page faults, "
-                         f"{median(name, variant, 'kernel_seconds'):.2f} s in the kernel)")  # fmt: skip
+            cells.append(
+                f"{variant} {work / s:.1f} {unit} ({100 * flops / s / 1e9 / peak[mode]:.1f}% of {mode} peak, "
+                f"{median(name, variant, 'faults'):,.0f} page faults, "
+                f"{median(name, variant, 'kernel_seconds'):.2f} s in the kernel)"
+            )
         ratio = ""
         if len(by_variant) == 2:
             ratio = f"; speed-up {median(name, 'before', 'seconds') / median(name, 'after', 'seconds'):.2f}x"

@@ -21,8 +21,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
+LORA = {
+    "r": 16,
+    "alpha": 32,
+    "dropout": 0.05,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -40,14 +44,33 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     prompts = read_prompts(ROOT / "data/rtp/train.jsonl")[: args.pool]
     task = Task("bench", prompts, lambda p, c, **k: [0.0] * len(c), Sampling(max_new_tokens=args.completion_tokens))
-    cfg = QuarkConfig(steps_per_round=args.warmup + args.steps, batch_size=args.batch_size, lr=1e-4, warmup_steps=1,
-                      max_prompt_tokens=32, bf16=not args.fp32, lora=LORA if args.mode == "lora" else None)  # fmt: skip
+    cfg = QuarkConfig(
+        steps_per_round=args.warmup + args.steps,
+        batch_size=args.batch_size,
+        lr=1e-4,
+        warmup_steps=1,
+        max_prompt_tokens=32,
+        bf16=not args.fp32,
+        lora=LORA if args.mode == "lora" else None,
+    )
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(task, args.model, Path(out), cfg, seed=0, device="cpu")
         rng = np.random.default_rng(0)
-        trainer.pool.add([Sample(p.id, ids, rng.integers(0, trainer.vocab_size, args.completion_tokens).tolist(),
-                                 p.text, "", float(rng.random()), 0, i)
-                          for i, (p, ids) in enumerate(zip(prompts, trainer.prompt_ids))])  # fmt: skip
+        trainer.pool.add(
+            [
+                Sample(
+                    p.id,
+                    ids,
+                    rng.integers(0, trainer.vocab_size, args.completion_tokens).tolist(),
+                    p.text,
+                    "",
+                    float(rng.random()),
+                    0,
+                    i,
+                )
+                for i, (p, ids) in enumerate(zip(prompts, trainer.prompt_ids))
+            ]
+        )
         timed = {}
         original = trainer.optimizer.step
 
@@ -64,9 +87,15 @@ def measure(args: argparse.Namespace) -> dict:
         total = sum(p.numel() for p in trainer.policy.parameters()) + sum(
             p.numel() for p in (trainer.ref.parameters() if trainer.ref is not None else [])
         )
-    return {"mode": args.mode, "sequences_per_second": args.steps * args.batch_size / seconds,
-            "seconds_per_step": seconds / args.steps, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "trainable_parameters": trainable, "parameters_in_memory": total, "load_average": os.getloadavg()[0]}  # fmt: skip
+    return {
+        "mode": args.mode,
+        "sequences_per_second": args.steps * args.batch_size / seconds,
+        "seconds_per_step": seconds / args.steps,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "trainable_parameters": trainable,
+        "parameters_in_memory": total,
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
@@ -86,16 +115,22 @@ def main() -> None:
         return
     rows = []
     for mode in ("full", "lora"):
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--mode", mode], capture_output=True,
-                               text=True, env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+        child = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--mode", mode],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
         if child.returncode != 0:
             sys.exit(f"error: the {mode} run failed: {child.stderr.strip().splitlines()[-1]}")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     print("| mode | sequences/s | s/step | peak RSS (GB) | trainable params | params in memory | load avg |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['mode']} | {r['sequences_per_second']:.2f} | {r['seconds_per_step']:.2f} | {r['peak_rss_gb']:.2f} "
-              f"| {r['trainable_parameters'] / 1e6:.2f} M | {r['parameters_in_memory'] / 1e6:.1f} M | {r['load_average']:.1f} |")  # fmt: skip
+        print(
+            f"| {r['mode']} | {r['sequences_per_second']:.2f} | {r['seconds_per_step']:.2f} | {r['peak_rss_gb']:.2f} "
+            f"| {r['trainable_parameters'] / 1e6:.2f} M | {r['parameters_in_memory'] / 1e6:.1f} M | {r['load_average']:.1f} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
 

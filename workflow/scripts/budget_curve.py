@@ -9,8 +9,10 @@ from evaluation.report import write_budget_curve  # noqa: E402
 
 
 def run(sm):
-    rows = [(name, budget, json.loads(Path(p).read_text()))
-            for name, budget, p in zip(sm.params.names, sm.params.budgets, sm.input.rows)]  # fmt: skip
+    rows = [
+        (name, budget, json.loads(Path(p).read_text()))
+        for name, budget, p in zip(sm.params.names, sm.params.budgets, sm.input.rows)
+    ]
     write_budget_curve(sm.params.task, rows, Path(sm.output.md).parent, sm.params.profile)
 
 

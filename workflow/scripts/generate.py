@@ -19,8 +19,16 @@ def run(sm):
     for decoding in ev.get("decodings", ["sampling"]):
         sampling, num_samples = eval_sampling(ev, decoding)
         part = out.with_name(f"{out.stem}.{decoding}.jsonl")
-        method.generate(model_dir, prompts, num_samples, sampling, part, seed=int(sm.wildcards.seed),
-                        device=sm.params.device, **dict(sm.params.variant))  # fmt: skip
+        method.generate(
+            model_dir,
+            prompts,
+            num_samples,
+            sampling,
+            part,
+            seed=int(sm.wildcards.seed),
+            device=sm.params.device,
+            **dict(sm.params.variant),
+        )
         records += [{**r, "decoding": decoding} for r in read_jsonl(part)]
         part.unlink()
     write_jsonl(out, records)

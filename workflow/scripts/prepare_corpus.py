@@ -13,11 +13,13 @@ def run(sm):
     kind = task_spec(task).prompts
     if kind == "sentiment":
         spec = dict(sm.params.scorer)
-        texts = task_spec(task).corpus(sm.input[0], judge=get_scorer(spec.pop("name"), **spec),
-                                       wanted=wanted_sentiment(task))  # fmt: skip
+        texts = task_spec(task).corpus(
+            sm.input[0], judge=get_scorer(spec.pop("name"), **spec), wanted=wanted_sentiment(task)
+        )
     else:
-        texts = task_spec(task).corpus(sm.input[0], eval_fraction=s.get("eval_fraction", 0.25),
-                                       holds_out=s["eval_from_train_file"])  # fmt: skip
+        texts = task_spec(task).corpus(
+            sm.input[0], eval_fraction=s.get("eval_fraction", 0.25), holds_out=s["eval_from_train_file"]
+        )
     write_corpus(sm.output[0], texts)
     labelled = [t.score for t in texts if t.score is not None]
     print(f"{task}: {len(texts)} corpus texts, {len(labelled)} labelled")

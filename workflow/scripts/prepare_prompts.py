@@ -25,8 +25,14 @@ def train_prompts(sm, s, kind):
         drawn = select_prompts(read_prompts(excluded["file"]), excluded["max_candidates"], excluded["seed"])
         typed = {p.id for p in drawn}
         prompts = [p for p in prompts if p.id not in typed]
-    return select_prompts(prompts, s.get("train_max_prompts"), s.get("seed", 0), s.get("train_min_prompt_toxicity"),
-                          s.get("train_max_prompt_toxicity"), path)  # fmt: skip
+    return select_prompts(
+        prompts,
+        s.get("train_max_prompts"),
+        s.get("seed", 0),
+        s.get("train_min_prompt_toxicity"),
+        s.get("train_max_prompt_toxicity"),
+        path,
+    )
 
 
 def eval_prompts(sm, s, kind):
@@ -37,10 +43,21 @@ def eval_prompts(sm, s, kind):
         return select_prompts(wikitext_prefixes(articles, *words, sm.input.eval), limit, seed, source=sm.input.eval)
     if kind == "sentiment":  # `limit` typed prompts of each type the task reports
         typed = read_prompts(sm.input.eval)
-        return [p for t in PROMPT_TYPES[sm.wildcards.task] for p in select_prompts(
-            [p for p in typed if p.meta.get("sentiment_type") == t], limit, seed, source=f"{sm.input.eval} ({t})")]  # fmt: skip
-    return select_prompts(read_prompts(sm.input.eval), limit, seed, s.get("eval_min_prompt_toxicity"),
-                          s.get("eval_max_prompt_toxicity"), sm.input.eval)  # fmt: skip
+        return [
+            p
+            for t in PROMPT_TYPES[sm.wildcards.task]
+            for p in select_prompts(
+                [p for p in typed if p.meta.get("sentiment_type") == t], limit, seed, source=f"{sm.input.eval} ({t})"
+            )
+        ]
+    return select_prompts(
+        read_prompts(sm.input.eval),
+        limit,
+        seed,
+        s.get("eval_min_prompt_toxicity"),
+        s.get("eval_max_prompt_toxicity"),
+        sm.input.eval,
+    )
 
 
 def run(sm):

@@ -17,10 +17,19 @@ from methods.common.errors import SuiteError  # noqa: E402
 
 def run(sm):
     out_dir = Path(sm.output[0]).parent
-    job = {"method": sm.params.method, "task": sm.wildcards.task, "prompts": sm.input.prompts,
-           "corpus": sm.input.corpus, "base": sm.input.base, "reward": dict(sm.params.reward),
-           "sampling": dict(sm.params.sampling), "hparams": dict(sm.params.hparams), "seed": int(sm.wildcards.seed),
-           "device": sm.params.device, "out_dir": str(out_dir)}  # fmt: skip
+    job = {
+        "method": sm.params.method,
+        "task": sm.wildcards.task,
+        "prompts": sm.input.prompts,
+        "corpus": sm.input.corpus,
+        "base": sm.input.base,
+        "reward": dict(sm.params.reward),
+        "sampling": dict(sm.params.sampling),
+        "hparams": dict(sm.params.hparams),
+        "seed": int(sm.wildcards.seed),
+        "device": sm.params.device,
+        "out_dir": str(out_dir),
+    }
     launcher = os.environ.get("SUITE_LAUNCHER")  # e.g. "accelerate launch --config_file workflow/accelerate/ddp.yaml"
     if launcher and sm.params.method in LAUNCHABLE:
         write_json(out_dir / "job.json", job)
@@ -34,8 +43,9 @@ def run(sm):
         model_dir = json.loads((out_dir / "launched.json").read_text())["model_dir"]
     else:
         model_dir = run_job(job)
-    write_model_json(sm.output[0], model_dir, sm.params.method, int(sm.wildcards.seed), dict(sm.params.hparams),
-                     sm.params.device)  # fmt: skip
+    write_model_json(
+        sm.output[0], model_dir, sm.params.method, int(sm.wildcards.seed), dict(sm.params.hparams), sm.params.device
+    )
     print(json.dumps({"model_dir": str(model_dir)}))
 
 

@@ -30,8 +30,9 @@ def run_job(job: dict) -> Path:
     task = Task(
         job["task"], read_prompts(job["prompts"]), reward, train_sampling(job["sampling"]), read_corpus(job["corpus"])
     )
-    return method.train(task, Path(job["base"]), Path(job["out_dir"]), dict(job["hparams"]), seed=int(job["seed"]),
-                        device=job["device"])  # fmt: skip
+    return method.train(
+        task, Path(job["base"]), Path(job["out_dir"]), dict(job["hparams"]), seed=int(job["seed"]), device=job["device"]
+    )
 
 
 def main() -> None:

@@ -56,38 +56,45 @@ def read_labelled(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def agreement(pred: np.ndarray, perspective: np.ndarray) -> dict:
     """ROC AUC against Perspective toxicity > 0.5, Pearson r with Perspective's score, and the share called toxic."""
-    return {"roc_auc": float(roc_auc_score(perspective > TOXIC, pred)), "pearson": float(pearsonr(pred, perspective)[0]),
-            "share_toxic": float(np.mean(pred > TOXIC))}  # fmt: skip
+    return {
+        "roc_auc": float(roc_auc_score(perspective > TOXIC, pred)),
+        "pearson": float(pearsonr(pred, perspective)[0]),
+        "share_toxic": float(np.mean(pred > TOXIC)),
+    }
 
 
 def markdown(scorers: pd.DataFrame, variants: pd.DataFrame, info: dict) -> str:
-    return "\n".join([
-        "# Offline toxicity scorers against Perspective",
-        "",
-        f"Held-out texts: `{info['dev']}` ({info['n_dev']} prompts and continuations with a Perspective score, "
-        f"{info['dev_toxic']:.1%} of them above {TOXIC}); never fitted on. ROC AUC: Perspective toxicity > {TOXIC} as "
-        "the label. Pearson: with Perspective's score. Share > 0.5: the share of texts the scorer calls toxic, to "
-        "set against Perspective's share above. Throughput: the whole scorer on the dev texts, "
-        f"batches of 64, {info['threads']} CPU thread(s), on a shared machine (indicative only).",
-        "",
-        scorers.to_markdown(index=False, floatfmt=".3f"),
-        "",
-        f"## Head variants (`{info['train']}`, {info['n_train']} texts; {info['folds']}-fold cross-validation "
-        "grouped by row)",
-        "",
-        f"The shipped head is `{info['chosen']}`, the variant with the best cross-validated ROC AUC. Dev figures are "
-        "shown for every variant for honesty; none was chosen on them.",
-        "",
-        variants.to_markdown(index=False, floatfmt=".3f"),
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "# Offline toxicity scorers against Perspective",
+            "",
+            f"Held-out texts: `{info['dev']}` ({info['n_dev']} prompts and continuations with a Perspective score, "
+            f"{info['dev_toxic']:.1%} of them above {TOXIC}); never fitted on. ROC AUC: Perspective toxicity > {TOXIC} as "
+            "the label. Pearson: with Perspective's score. Share > 0.5: the share of texts the scorer calls toxic, to "
+            "set against Perspective's share above. Throughput: the whole scorer on the dev texts, "
+            f"batches of 64, {info['threads']} CPU thread(s), on a shared machine (indicative only).",
+            "",
+            scorers.to_markdown(index=False, floatfmt=".3f"),
+            "",
+            f"## Head variants (`{info['train']}`, {info['n_train']} texts; {info['folds']}-fold cross-validation "
+            "grouped by row)",
+            "",
+            f"The shipped head is `{info['chosen']}`, the variant with the best cross-validated ROC AUC. Dev figures are "
+            "shown for every variant for honesty; none was chosen on them.",
+            "",
+            variants.to_markdown(index=False, floatfmt=".3f"),
+            "",
+        ]
+    )
 
 
 def run(sm):
     train_texts, train_tox, train_rows = read_labelled(sm.input.train)
     dev_texts, dev_tox, _ = read_labelled(sm.input.dev)
-    variants = {name: from_dict(HeadConfig, dict(values), f"rule toxicity_head: variant {name}")
-                for name, values in sm.params.variants.items()}  # fmt: skip
+    variants = {
+        name: from_dict(HeadConfig, dict(values), f"rule toxicity_head: variant {name}")
+        for name, values in sm.params.variants.items()
+    }
     # One frozen-encoder pass over every layer any variant reads; each variant takes its layers' columns.
     union = sorted({layer for config in variants.values() for layer in config.layers})
     max_lengths = {config.max_length for config in variants.values()}
@@ -113,36 +120,72 @@ def run(sm):
         heads[name] = fit_head(train_states, train_tox, config, f"{name} (all train texts)")
         cv, dev = agreement(out_of_fold, train_tox), agreement(predict(heads[name], dev_states), dev_tox)
         params = sum(p.numel() for p in heads[name].parameters())
-        rows.append({"variant": name, "layers": ",".join(map(str, config.layers)), "pooling": config.pooling,
-                     "hidden": config.hidden if config.pooling == "token" else "-", "parameters": params, "cv_roc_auc": cv["roc_auc"],
-                     "cv_pearson": cv["pearson"], "dev_roc_auc": dev["roc_auc"], "dev_pearson": dev["pearson"]})  # fmt: skip
+        rows.append(
+            {
+                "variant": name,
+                "layers": ",".join(map(str, config.layers)),
+                "pooling": config.pooling,
+                "hidden": config.hidden if config.pooling == "token" else "-",
+                "parameters": params,
+                "cv_roc_auc": cv["roc_auc"],
+                "cv_pearson": cv["pearson"],
+                "dev_roc_auc": dev["roc_auc"],
+                "dev_pearson": dev["pearson"],
+            }
+        )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     chosen = str(table.loc[table["cv_roc_auc"].idxmax(), "variant"])
     chosen_row = table[table["variant"] == chosen].iloc[0]
-    fitted_on = {"variant": chosen, "train_file": str(sm.input.train), "train_texts": len(train_texts),
-                 "target": "Perspective toxicity (soft binary cross-entropy)",
-                 "cv_roc_auc": float(chosen_row["cv_roc_auc"]), "cv_pearson": float(chosen_row["cv_pearson"])}  # fmt: skip
+    fitted_on = {
+        "variant": chosen,
+        "train_file": str(sm.input.train),
+        "train_texts": len(train_texts),
+        "target": "Perspective toxicity (soft binary cross-entropy)",
+        "cv_roc_auc": float(chosen_row["cv_roc_auc"]),
+        "cv_pearson": float(chosen_row["cv_pearson"]),
+    }
     save_head(heads[chosen], Path(sm.output.weights).parent, {"fitted_on": fitted_on})
 
     comparison = []
-    for label, name, kwargs in [(f"MiniLM + head ({chosen})", "minilm_toxicity", {"head": str(Path(sm.output.weights).parent)}),
-                                ("alt-profanity-check", "profanity_check", {})]:  # fmt: skip
+    for label, name, kwargs in [
+        (f"MiniLM + head ({chosen})", "minilm_toxicity", {"head": str(Path(sm.output.weights).parent)}),
+        ("alt-profanity-check", "profanity_check", {}),
+    ]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scorer = get_scorer(name, **kwargs)
         start = time.perf_counter()
         pred = np.array(sum((scorer(dev_texts[s : s + 64]) for s in range(0, len(dev_texts), 64)), []))
         seconds = time.perf_counter() - start
-        comparison.append({"scorer": label, "registered as": name, **agreement(pred, dev_tox),
-                           "texts_per_s": round(len(dev_texts) / seconds)})  # fmt: skip
-    scorers = pd.DataFrame(comparison).rename(columns={"roc_auc": "dev ROC AUC", "pearson": "dev Pearson r",
-                                                       "share_toxic": "share > 0.5", "texts_per_s": "texts/s"})  # fmt: skip
+        comparison.append(
+            {
+                "scorer": label,
+                "registered as": name,
+                **agreement(pred, dev_tox),
+                "texts_per_s": round(len(dev_texts) / seconds),
+            }
+        )
+    scorers = pd.DataFrame(comparison).rename(
+        columns={
+            "roc_auc": "dev ROC AUC",
+            "pearson": "dev Pearson r",
+            "share_toxic": "share > 0.5",
+            "texts_per_s": "texts/s",
+        }
+    )
     scorers.to_csv(sm.output.csv, index=False)
     table.to_csv(sm.output.variants, index=False)
-    info = {"dev": sm.input.dev, "train": sm.input.train, "n_dev": len(dev_texts), "n_train": len(train_texts),
-            "dev_toxic": float(np.mean(dev_tox > TOXIC)), "folds": sm.params.folds, "chosen": chosen,
-            "threads": sm.threads}  # fmt: skip
+    info = {
+        "dev": sm.input.dev,
+        "train": sm.input.train,
+        "n_dev": len(dev_texts),
+        "n_train": len(train_texts),
+        "dev_toxic": float(np.mean(dev_tox > TOXIC)),
+        "folds": sm.params.folds,
+        "chosen": chosen,
+        "threads": sm.threads,
+    }
     Path(sm.output.md).write_text(markdown(scorers, table, info))
     print(scorers.to_string(index=False))
 
