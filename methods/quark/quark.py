@@ -239,10 +239,10 @@ class Trainer:
     def __init__(self, task: Task, base_model: Path, out_dir: Path, cfg: QuarkConfig, seed: int, device: str):
         self.task, self.cfg, self.seed, self.out_dir = task, cfg, seed, Path(out_dir)
         self.acc = Accelerator(cpu=str(device) == "cpu")
-        if self.acc.distributed_type == DistributedType.FSDP:
+        if self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise SuiteError(
-                "Quark's exploration cannot generate from FSDP-sharded parameters; launch with "
-                "workflow/accelerate/ddp.yaml, deepspeed_zero2.yaml or deepspeed_zero3.yaml"
+                f"Quark runs in one process or data-parallel (workflow/accelerate/ddp.yaml), not under "
+                f"{self.acc.distributed_type.value}: exploration samples from whole, unsharded weights"
             )
         self.rank, self.world, self.main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
         if cfg.batch_size < self.world:
@@ -267,7 +267,6 @@ class Trainer:
         self.prompt_ids = encode_prompts(self.tokenizer, [p.text for p in self.prompts], cfg.max_prompt_tokens)
         total_steps = cfg.num_rounds * cfg.steps_per_round
         optimizer = adamw([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.zero3 = self.configure_deepspeed()
         self.policy, self.optimizer = self.acc.prepare(policy, optimizer)
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, min(cfg.warmup_steps, total_steps), total_steps
@@ -290,16 +289,6 @@ class Trainer:
         if resume is not None:
             self.restore(Path(resume))
         self.writer = SummaryWriter(str(self.out_dir / "tensorboard")) if self.main else None
-
-    def configure_deepspeed(self) -> bool:
-        """Under DeepSpeed (not installed here, untested): set the micro-batch; True for ZeRO-3."""
-        plugin = self.acc.state.deepspeed_plugin
-        if plugin is None:
-            return False
-        if plugin.zero_stage == 3 and self.cfg.lora is not None:
-            raise SuiteError("LoRA under DeepSpeed ZeRO-3 is not supported; use deepspeed_zero2.yaml or ddp.yaml")
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = -(-self.cfg.batch_size // self.world)
-        return plugin.zero_stage == 3
 
     # ---- the run directory: resume what belongs to this run, start afresh otherwise ----
 
@@ -334,21 +323,16 @@ class Trainer:
     def global_step(self) -> int:
         return self.round * self.cfg.steps_per_round + self.step
 
-    def full_weights(self) -> dict[str, torch.Tensor]:
-        """Every parameter, whole: under ZeRO-3 gathered from the shards (a collective), else the module's own."""
-        if self.zero3:
-            return self.acc.get_state_dict(self.policy)
-        return dict(self.acc.unwrap_model(self.policy).named_parameters())
-
     def save_checkpoint(self) -> None:
-        weights = self.full_weights()
         if self.main:
             model = self.acc.unwrap_model(self.policy)
-            tensors = {name: weights[name] for name, p in model.named_parameters() if p.requires_grad}
+            tensors = {name: p for name, p in model.named_parameters() if p.requires_grad}
             rng_tensors, rng_plain = rng_state()
-            # DeepSpeed partitions AdamW's moments across processes: its checkpoints restart them (untested here)
-            optimizer = None if self.acc.distributed_type == DistributedType.DEEPSPEED else self.optimizer.state_dict()
-            objects = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng_tensors}
+            objects = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_tensors,
+            }
             state = {
                 "round": self.round,
                 "step": self.step,
@@ -374,8 +358,7 @@ class Trainer:
             for name, p in model.named_parameters():
                 if name in tensors:
                     p.copy_(tensors[name])
-        if objects["optimizer"] is not None:
-            self.optimizer.load_state_dict(objects["optimizer"])
+        self.optimizer.load_state_dict(objects["optimizer"])
         self.scheduler.load_state_dict(objects["scheduler"])
         set_rng_state(objects["rng"], state["rng"])
         self.kl_ctl.value = state["kl_coef"]
@@ -443,14 +426,9 @@ class Trainer:
 
     @contextlib.contextmanager
     def sampler(self, rnd: int):
-        """The model exploration samples from: p0 at round 0, else the policy (parameters gathered under ZeRO-3)."""
+        """The model exploration samples from: p0 at round 0, else the policy."""
         if rnd == 0:
             with self.reference() as model:
-                yield model
-        elif self.zero3:
-            from trl.models.utils import unwrap_model_for_generation  # a collective: every process enters it
-
-            with unwrap_model_for_generation(self.policy, self.acc) as model:
                 yield model
         else:
             yield self.acc.unwrap_model(self.policy)
@@ -626,7 +604,7 @@ class Trainer:
         return out
 
     def run(self) -> Path:
-        probing = self.main and self.cfg.probe_prompts > 0 and not self.zero3  # ZeRO-3 shards the weights: no probe
+        probing = self.main and self.cfg.probe_prompts > 0
         self.probe_samples = self.probe_set() if probing else []
         if self.probe_samples and self.round == 0 and self.step == 0:
             self.stats["probe_initial"] = self.probe()
@@ -674,7 +652,6 @@ class Trainer:
     def save(self) -> Path:
         """Write the model (merged, without PEFT, under LoRA) whole, the statistics, then retire the checkpoints."""
         model_dir = self.out_dir / "model"
-        weights = self.full_weights() if self.zero3 else None
         if self.main:
             model = self.acc.unwrap_model(self.policy)
             if self.cfg.lora is not None:
@@ -682,7 +659,7 @@ class Trainer:
             tmp = self.out_dir / "model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                model.save_pretrained(tmp, state_dict=weights)
+                model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
                 meta = {
                     "reward_tokens": reward_token_names(self.cfg.num_quantiles),
