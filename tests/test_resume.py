@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from methods.common import checkpoint
 from methods.common.data import Prompt
 from methods.common.rewards import get_reward
 from methods.common.sampling import Sampling
@@ -135,7 +136,7 @@ def test_a_killed_job_resumes_and_ends_bitwise_where_an_uninterrupted_one_does(t
     third = run_driver(model_dir, run, "none:0")
     assert third.returncode == 0, third.stderr[-2000:]
     assert "ckpt-000000004" in third.stdout  # the half-written ckpt-6 was discarded
-    assert json.loads((run / quark.RUN_FILE).read_text())["finished"]
+    assert json.loads((run / checkpoint.RUN_FILE).read_text())["finished"]
 
     # (a) every committed sample survived every kill, unchanged
     final = pool_rows(run)

@@ -93,7 +93,7 @@ def test_a_training_job_that_runs_out_of_disk_exits_in_one_line(tiny, tmp_path, 
     survivor = Checkpoints(run / "checkpoints", "quark").latest()
     assert survivor.name == "ckpt-000000002"  # round 0's, complete and loadable
     Checkpoints(run / "checkpoints", "quark").load(survivor)
-    assert not (run / "model").exists() and not json.loads((run / quark.RUN_FILE).read_text())["finished"]
+    assert not (run / "model").exists() and not json.loads((run / checkpoint.RUN_FILE).read_text())["finished"]
 
 
 def test_a_results_directory_that_cannot_be_written_is_a_one_line_error(tiny, tmp_path, capsys):
@@ -131,7 +131,7 @@ def set_state_version(run: Path) -> Path:
 
 
 def set_run_version(run: Path) -> Path:
-    path = run / quark.RUN_FILE
+    path = run / checkpoint.RUN_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), "version": 0}))
     return path
 
@@ -157,6 +157,25 @@ def test_state_from_an_incompatible_version_is_a_one_line_error_and_stays(crashe
     after = tree(run)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert changed <= {"pool.sqlite-wal", "pool.sqlite-shm"}, changed  # SQLite's own side files aside, untouched
+
+
+def test_an_unfinished_run_with_other_settings_is_refused_and_kept(crashed_run, tmp_path, tiny, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(crashed_run, run)
+    before = tree(run)
+    changed_lr = {**HPARAMS, "lr": 0.123}
+    err = one_line_exit(
+        capsys, lambda: quark.train(task_with(token_share), tiny[0], run, changed_lr, seed=0, device="cpu")
+    )
+    assert (
+        err
+        == f"error: {run}: holds an unfinished Quark run with other settings (lr); rerun with its settings to resume it, or move it away to start afresh"
+    )
+    after = tree(run)
+    assert {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} <= {
+        "pool.sqlite-wal",
+        "pool.sqlite-shm",
+    }
 
 
 # ---- rewards that fail ----

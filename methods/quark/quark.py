@@ -38,15 +38,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup, set_seed
 
-from methods.common.checkpoint import (
-    CHECKPOINT_VERSION,
-    Checkpoints,
-    ensure_writable,
-    finish_run,
-    read_run,
-    rng_state,
-    set_rng_state,
-)
+from methods.common.checkpoint import Checkpoints, claim_run, finish_run, rng_state, set_rng_state
 from methods.common.config import from_dict_for_task
 from methods.common.data import Prompt, write_json
 from methods.common.errors import SuiteError
@@ -63,7 +55,6 @@ from methods.quark.pool import PROBE_ROUND, Pool, Sample, assign_quantiles
 from methods.unlikelihood.losses import ngram_candidates, sequence_unlikelihood, token_unlikelihood
 
 META_FILE = "quark.json"
-RUN_FILE = "run.json"  # what the run directory's pool and checkpoints belong to
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints")  # may change between a crash and the restart
 PROBE_ROUND_KEY = 999_999  # seeds the probe set's draws, apart from every round's
@@ -298,23 +289,18 @@ class Trainer:
         return {"seed": self.seed, "task": self.task.name, "config": config, "prompts_sha256": prompts}
 
     def open_run(self) -> str | None:
-        """Main process: open the pool, and name the checkpoint to resume from (None: none, or a fresh run)."""
-        ensure_writable(self.out_dir)
-        run_file, pool_path = self.out_dir / RUN_FILE, self.out_dir / "pool.sqlite"
-        previous = read_run(run_file)
-        identity = json.loads(json.dumps(self.identity()))  # as it reads back from JSON
-        resume = previous is not None and not previous["finished"] and previous["identity"] == identity
+        """Main process: open the pool, and name the checkpoint to resume from (None: start afresh); an unfinished
+        run with other settings is refused in one line (`claim_run`, as every resumable method)."""
+        resume = claim_run(self.out_dir, self.identity(), "Quark")
+        pool_path = self.out_dir / "pool.sqlite"
         if not resume:
-            if previous is not None and not previous["finished"]:
-                tqdm.write(f"{self.out_dir}: an unfinished run with other settings is here; starting afresh")
             self.checkpoints.clear()
             for stale in (pool_path, pool_path.with_name("pool.sqlite-wal"), pool_path.with_name("pool.sqlite-shm")):
                 stale.unlink(missing_ok=True)
         self.pool = Pool(pool_path)
         latest = self.checkpoints.latest() if resume else None
         if latest is not None:
-            self.checkpoints.check(latest)  # before anything is written
-        write_json(run_file, {"version": CHECKPOINT_VERSION, "finished": False, "identity": identity})
+            self.checkpoints.check(latest)
         if resume:
             tqdm.write(f"{self.out_dir}: resuming from {latest or 'the start'} with {len(self.pool)} scored samples")
         return None if latest is None else str(latest)
