@@ -206,6 +206,13 @@ def test_hyphen_in_a_method_directory_fails_in_one_line(repo_copy):
     assert_one_line_error(result, "methods/my-method", "hyphen")
 
 
+def test_a_misspelt_key_in_a_method_yaml_fails_in_one_line(repo_copy):
+    spec = repo_copy / "methods" / "quark" / "method.yaml"
+    spec.write_text(spec.read_text().replace("budget_keys:", "budget_key:"))
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST)
+    assert_one_line_error(result, "methods/quark/method.yaml", "'budget_key' was unexpected", "method.schema.yaml")
+
+
 def test_variant_keyword_generate_does_not_take_fails_in_one_line(repo_copy):
     """The README's own example, on a copy of `base`: a variant option its generate() has no parameter for."""
     mine = repo_copy / "methods" / "my_method"

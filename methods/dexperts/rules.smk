@@ -5,7 +5,7 @@
 # an evaluation, is not counted.
 
 DEXPERTS_RUN = f"{R}/{{task}}/dexperts/seed{{seed}}"
-DEXPERTS_DECODING = ("alpha", "filter_top_p")  # read at generation time only: changing them retrains nothing
+DEXPERTS_DECODING = METHODS["dexperts"]["decoding_keys"]  # read at generation time only: they retrain nothing
 DEXPERTS_MIRROR = {"sentiment-negative": "sentiment-positive"}  # the same corpus, each sentiment wanted by one
 
 

@@ -40,6 +40,13 @@ sys.path.insert(0, workflow.basedir)
 from evaluation.tasks import TASKS as KNOWN_TASKS  # noqa: E402
 
 
+import jsonschema  # noqa: E402
+
+METHOD_SCHEMA = jsonschema.Draft202012Validator(
+    yaml.safe_load(Path(workflow.basedir, "workflow/schemas/method.schema.yaml").read_text())
+)
+
+
 def discover_methods(root="methods"):
     """Every methods/<name>/method.yaml; its __init__.py must define or import `train` and `generate`."""
     found = {}
@@ -66,9 +73,10 @@ def discover_methods(root="methods"):
         missing = [e for e in ("train", "generate") if e not in names]
         if missing:
             fail(f"{init}: method '{name}' lacks its entry point(s) {', '.join(missing)}")
-        for key in ("name", "tasks"):
-            if key not in spec:
-                fail(f"{path}: missing '{key}'")
+        error = jsonschema.exceptions.best_match(METHOD_SCHEMA.iter_errors(spec))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "top level"
+            fail(f"{path}: key '{where}': {error.message} (schema: workflow/schemas/method.schema.yaml)")
         found[name] = spec
     return found
 

@@ -13,6 +13,7 @@ rule train:
         run=GENERIC_TRAIN,
     params:
         method=lambda w: split_row(w.run)[0],
+        launchable=lambda w: METHODS[split_row(w.run)[0]].get("launchable", False),
         hparams=lambda w: run_hparams(w.run, w.task),
         reward=lambda w: config["reward"][w.task],
         sampling=lambda w: train_sampling(w.task),

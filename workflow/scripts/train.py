@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
-from train_job import LAUNCHABLE, run_job  # noqa: E402
+from train_job import run_job  # noqa: E402
 
 from methods.common.data import write_json  # noqa: E402
 from methods.common.provenance import write_model_json  # noqa: E402
@@ -31,7 +31,7 @@ def run(sm):
         "out_dir": str(out_dir),
     }
     launcher = os.environ.get("SUITE_LAUNCHER")  # e.g. "accelerate launch --config_file workflow/accelerate/ddp.yaml"
-    if launcher and sm.params.method in LAUNCHABLE:
+    if launcher and sm.params.launchable:
         write_json(out_dir / "job.json", job)
         launched = subprocess.run(
             [*shlex.split(launcher), str(Path(sm.scriptdir) / "train_job.py"), str(out_dir / "job.json")]

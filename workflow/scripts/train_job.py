@@ -1,8 +1,8 @@
 """One training job from a JSON file, so a launcher can start it: `accelerate launch ... train_job.py JOB.json`.
 
 The DAG's train rule (workflow/scripts/train.py) writes the job file and, when $SUITE_LAUNCHER is set (say
-`accelerate launch --config_file workflow/accelerate/ddp.yaml`), runs this script through it for the methods in
-LAUNCHABLE; otherwise it calls `run_job` in its own process. The job's main process writes
+`accelerate launch --config_file workflow/accelerate/ddp.yaml`), runs this script through it for the methods whose
+method.yaml says `launchable: true`; otherwise it calls `run_job` in its own process. The job's main process writes
 `<out_dir>/launched.json` with the model directory.
 """
 
@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCHABLE = {"quark"}  # methods whose trainers run data-parallel under Accelerate; the others run in one process
 
 
 def run_job(job: dict) -> Path:
