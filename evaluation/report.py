@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib
 import json
 import os
@@ -135,15 +136,17 @@ def column_group(label: str) -> str:
     return "" if label == "Method" else "Attribute"
 
 
-def latex_table(frame: pd.DataFrame, caption: str, attribute: str) -> str:
-    """booktabs, grouped headers (attribute, fluency, diversity, control, cost), a caption, scaled to the text
-    width: a table that fits a page."""
+def grouped(frame: pd.DataFrame, attribute: str) -> pd.DataFrame:
+    """The columns in the paper's groups (attribute, fluency, diversity, control, cost), under a two-level header."""
     order = ["", "Attribute", "Fluency", "Diversity", "Control", "Cost"]
-    grouped = frame[sorted(frame.columns, key=lambda c: order.index(column_group(c)))]  # stable: in-group order kept
-    grouped.columns = pd.MultiIndex.from_tuples(
-        [(column_group(c).replace("Attribute", attribute), c) for c in grouped.columns]
-    )
-    body = _latex(grouped.to_latex(index=False, multicolumn=True, multicolumn_format="c"))
+    out = frame[sorted(frame.columns, key=lambda c: order.index(column_group(c)))]  # stable: in-group order kept
+    out.columns = pd.MultiIndex.from_tuples([(column_group(c).replace("Attribute", attribute), c) for c in out.columns])
+    return out
+
+
+def latex_table(frame: pd.DataFrame, caption: str, attribute: str) -> str:
+    """booktabs, grouped headers, a caption, scaled to the text width: a table that fits a page."""
+    body = _latex(grouped(frame, attribute).to_latex(index=False, multicolumn=True, multicolumn_format="c"))
     return (
         "\\begin{table}[t]\n\\centering\n\\small\n\\resizebox{\\textwidth}{!}{%\n"
         + body
@@ -151,6 +154,38 @@ def latex_table(frame: pd.DataFrame, caption: str, attribute: str) -> str:
         + _latex(caption).replace("_", r"\_").replace("×", r"$\times$")
         + "}\n\\end{table}\n"
     )
+
+
+HTML_STYLE = """<style>
+body { font-family: sans-serif; font-size: 13px; }
+table { border-collapse: collapse; margin-bottom: 1em; }
+caption { caption-side: top; text-align: left; font-weight: bold; padding-bottom: 0.5em; }
+th, td { border-bottom: 1px solid #ccc; padding: 3px 8px; white-space: nowrap; }
+th { background: #f2f2f2; }
+td:first-child { text-align: left; font-weight: bold; }
+</style>"""
+
+
+def html_table(
+    frame: pd.DataFrame, caption: str, attribute: str, note: str, reference: pd.DataFrame | None, source: str = ""
+) -> str:
+    """A standalone page for the HTML report: the grouped table under its caption, the note, the published numbers."""
+    table = grouped(frame, attribute).to_html(index=False, border=0)
+    opened = table.index(">") + 1  # after the opening <table ...> tag
+    table = f"{table[:opened]}\n<caption>{html.escape(caption)}</caption>{table[opened:]}"
+    parts = [
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(caption)}</title>',
+        HTML_STYLE,
+        "</head><body>",
+        table,
+        f"<p>{html.escape(note)}</p>",
+    ]
+    if reference is not None:
+        parts += [
+            f"<p>Published numbers, for reference only ({html.escape(source)}; other model, judge and scale):</p>",
+            reference.to_html(index=False, border=0),
+        ]
+    return "\n".join([*parts, "</body></html>\n"])
 
 
 def make_table(
@@ -163,7 +198,7 @@ def make_table(
     caption: str = "",
     attribute: str = "Attribute",
 ) -> pd.DataFrame:
-    """rows: (display name, aggregated metrics). Writes {prefix}.md, .csv and .tex; returns the display frame.
+    """rows: (display name, aggregated metrics). Writes {prefix}.md, .csv, .tex and .html; returns the display frame.
 
     `percent` metrics print as percentages (their labels say so). `reference` = (source, rows of published numbers keyed by metric) adds
     a separate, labelled table of the paper's numbers to the Markdown and LaTeX files (never to the CSV, which holds
@@ -210,6 +245,7 @@ def make_table(
         frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n",
         latex_table(frame, f"{caption} {note}".strip(), attribute),
     )
+    ref = None
     if reference is not None:
         source, ref_rows = reference
         ref = pd.DataFrame(
@@ -228,6 +264,8 @@ def make_table(
         md += f"\nPublished numbers, for reference only ({source}; other model, judge and scale):\n\n"
         md += ref.to_markdown(index=False, disable_numparse=True) + "\n"
         tex += f"% Published numbers, for reference only ({source})\n" + _latex(ref.to_latex(index=False))
+    page = html_table(frame, caption, attribute, note, ref, reference[0] if reference else "")
+    Path(f"{out_prefix}.html").write_text(page, encoding="utf-8")
     Path(f"{out_prefix}.md").write_text(md, encoding="utf-8")
     pd.DataFrame(numeric).to_csv(f"{out_prefix}.csv", index=False)
     Path(f"{out_prefix}.tex").write_text(tex, encoding="utf-8")
@@ -240,7 +278,7 @@ BASELINE = "Base model"  # methods/base/method.yaml's name: the row every plot d
 def write_task_report(
     task: str, rows: list[tuple[str, dict]], out_dir: str | Path, profile: str, judge: str | None = None
 ) -> None:
-    """table.md, table.csv, table.tex and plot.png of one task column, each written whole and then renamed."""
+    """table.md, table.csv, table.tex, table.html and plot.png of one task column, each written whole and renamed."""
     evaluator = importlib.import_module(task_spec(task).evaluator)
     reference = (evaluator.PAPER_SOURCE, evaluator.paper_rows(task)) if hasattr(evaluator, "paper_rows") else None
     labels = evaluator.labels(task) if hasattr(evaluator, "labels") else evaluator.LABELS
@@ -251,7 +289,7 @@ def write_task_report(
     stem = Path(out_dir) / f"table.tmp{os.getpid()}"
     attribute = evaluator.__name__.rsplit(".", 1)[-1].capitalize()
     make_table(rows, evaluator.metrics(task), stem, labels, percent, reference, caption, attribute)
-    for suffix in (".md", ".csv", ".tex"):
+    for suffix in (".md", ".csv", ".tex", ".html"):
         os.replace(f"{stem}{suffix}", Path(out_dir) / f"table{suffix}")
     note = (
         f"Bars: mean; whiskers: 95% bootstrap interval over prompts; dashed line: {BASELINE.lower()}. "

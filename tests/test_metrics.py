@@ -91,6 +91,31 @@ def test_perplexity_matches_a_brute_force_computation(tiny):
         assert value == pytest.approx(math.exp(nll), rel=1e-4)
 
 
+def html_cells(page: str) -> dict[str, list[str]]:
+    """The text of every caption, th and td of an HTML page, in order."""
+    from html.parser import HTMLParser
+
+    cells: dict[str, list[str]] = {"caption": [], "th": [], "td": []}
+
+    class Cells(HTMLParser):
+        tag = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag in cells:
+                self.tag = tag
+                cells[tag].append("")
+
+        def handle_endtag(self, tag):
+            self.tag = None
+
+        def handle_data(self, data):
+            if self.tag:
+                cells[self.tag][-1] += data
+
+    Cells().feed(page)
+    return {k: [v.strip() for v in values] for k, values in cells.items()}
+
+
 def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
     import json
 
@@ -135,6 +160,19 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
     assert pd.read_csv(tmp_path / "table.csv")["dropped_unscored"].tolist()[1] == 6
     assert "0.300 ± 0.141" in frame.iloc[0, 1]
     assert (tmp_path / "table.tex").read_text().count("Quark") == 1
+    # the report's page: the caption, the grouped headers and every cell as the Markdown table shows them
+    page = make_table(
+        [("Base", base), ("Quark", agg)],
+        toxicity.METRICS,
+        tmp_path / "page",
+        toxicity.LABELS,
+        caption="Task t, n prompts.",
+        attribute="Toxicity",
+    )
+    cells = html_cells((tmp_path / "page.html").read_text())
+    assert cells["caption"] == ["Task t, n prompts."]
+    assert {"Toxicity", "Fluency", "Diversity", "Control", "Cost"} <= set(cells["th"])
+    assert sorted(cells["td"][: len(page.columns)]) == sorted(page.iloc[0])  # the first row, regrouped
 
 
 def test_compare_flags_values_outside_the_reference_interval(tmp_path):

@@ -6,8 +6,9 @@ rule table:
         rows=lambda w: [f"{R}/{w.task}/{row}/metrics.json" for row in rows_for(w.task)],
     output:
         md=f"{R}/{{task}}/table.md",
-        csv=report(f"{R}/{{task}}/table.csv", category="{task}", caption="../report/table.rst"),
+        csv=f"{R}/{{task}}/table.csv",
         tex=f"{R}/{{task}}/table.tex",
+        html=report(f"{R}/{{task}}/table.html", category="{task}", caption="../report/table.rst"),
         png=report(f"{R}/{{task}}/plot.png", category="{task}", caption="../report/plot.rst"),
     params:
         names=lambda w: [display_name(row) for row in rows_for(w.task)],
