@@ -295,8 +295,8 @@ def test_nado_decoding_raises_the_reward(tiny, tmp_path):
     task = synthetic_task()
     hparams = dict(
         num_samples=400,
-        samples_per_prompt=10,
-        r_probe_prompts=6,
+        samples_per_prompt=20,
+        r_probe_prompts=8,
         r_layers=1,
         r_steps=60,
         r_batch_size=32,
@@ -314,9 +314,10 @@ def test_nado_decoding_raises_the_reward(tiny, tmp_path):
     assert stats["bce_last"] < stats["bce_first"] and stats["heldout_perplexity"] > 1
 
     # R's token-level AUC on the probe prompts' samples, which it never trained on, beats every one of 1,000 shuffles
-    # of the rewards: a chance of 1 in 1,000 at most that an R which learned nothing passes
+    # of the rewards: a chance of 1 in 1,000 at most that an R which learned nothing passes. 160 probe samples, so that
+    # the test does not hang on the rounding of one optimizer step (60 left the AUC within 0.05 of the shuffles' max)
     train, probe = split_probe(read_jsonl(tmp_path / "nado" / "samples.jsonl"))
-    assert len(probe) == 60 and not {s["prompt_id"] for s in train} & {s["prompt_id"] for s in probe}
+    assert len(probe) == 160 and not {s["prompt_id"] for s in train} & {s["prompt_id"] for s in probe}
     seq, tilt = r_scores(AuxModel.load(model_dir), tiny[2], probe, tiny[1].pad_token_id)
     rewards, groups = np.array([s["reward"] for s in probe]), [s["prompt_id"] for s in probe]
     assert stats["r_auc"] == pytest.approx(concordance(seq, rewards))
