@@ -6,6 +6,7 @@ import html
 import importlib
 import json
 import os
+from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib
@@ -186,6 +187,31 @@ def html_table(
             reference.to_html(index=False, border=0),
         ]
     return "\n".join([*parts, "</body></html>\n"])
+
+
+class _Cells(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.cells, self.open = [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("caption", "th", "td"):
+            self.open = True
+            self.cells.append((tag, ""))
+
+    def handle_endtag(self, tag):
+        self.open = False
+
+    def handle_data(self, data):
+        if self.open:
+            self.cells[-1] = (self.cells[-1][0], self.cells[-1][1] + data)
+
+
+def html_cells(page: str) -> list[tuple[str, str]]:
+    """(tag, text) of every caption, th and td of an HTML page, in order, whitespace collapsed: what a table shows."""
+    parser = _Cells()
+    parser.feed(page)
+    return [(tag, " ".join(text.split())) for tag, text in parser.cells]
 
 
 def make_table(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from evaluation import toxicity
 from evaluation.metrics import bootstrap_ci, bootstrap_pooled_ci, distinct_metrics, distinct_n
 from evaluation.perplexity import conditional_perplexity
-from evaluation.report import aggregate_seeds, make_table
+from evaluation.report import aggregate_seeds, html_cells, make_table
 from methods.common.errors import SuiteError
 
 
@@ -91,31 +91,6 @@ def test_perplexity_matches_a_brute_force_computation(tiny):
         assert value == pytest.approx(math.exp(nll), rel=1e-4)
 
 
-def html_cells(page: str) -> dict[str, list[str]]:
-    """The text of every caption, th and td of an HTML page, in order."""
-    from html.parser import HTMLParser
-
-    cells: dict[str, list[str]] = {"caption": [], "th": [], "td": []}
-
-    class Cells(HTMLParser):
-        tag = None
-
-        def handle_starttag(self, tag, attrs):
-            if tag in cells:
-                self.tag = tag
-                cells[tag].append("")
-
-        def handle_endtag(self, tag):
-            self.tag = None
-
-        def handle_data(self, data):
-            if self.tag:
-                cells[self.tag][-1] += data
-
-    Cells().feed(page)
-    return {k: [v.strip() for v in values] for k, values in cells.items()}
-
-
 def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
     import json
 
@@ -169,7 +144,10 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
         caption="Task t, n prompts.",
         attribute="Toxicity",
     )
-    cells = html_cells((tmp_path / "page.html").read_text())
+    cells = {
+        tag: [text for t, text in html_cells((tmp_path / "page.html").read_text()) if t == tag]
+        for tag in ("caption", "th", "td")
+    }
     assert cells["caption"] == ["Task t, n prompts."]
     assert {"Toxicity", "Fluency", "Diversity", "Control", "Cost"} <= set(cells["th"])
     assert sorted(cells["td"][: len(page.columns)]) == sorted(page.iloc[0])  # the first row, regrouped

@@ -22,32 +22,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from evaluation.report import html_cells  # noqa: E402
+
 RESULTS = re.compile(r"^\s*var results = (\{.*\});?\s*$", flags=re.M)  # the report's own table of its results
-
-
-class Text(HTMLParser):
-    """The text of each th, td and caption element, in document order."""
-
-    def __init__(self):
-        super().__init__()
-        self.cells, self.open = [], None
-
-    def handle_starttag(self, tag, attrs):
-        if tag in ("th", "td", "caption"):
-            self.open = tag
-            self.cells.append((tag, ""))
-
-    def handle_endtag(self, tag):
-        self.open = None
-
-    def handle_data(self, data):
-        if self.open:
-            tag, text = self.cells[-1]
-            self.cells[-1] = (tag, text + data)
 
 
 def chromium() -> str:
@@ -68,18 +50,12 @@ def decode(uri: str) -> str:
     return raw.decode("utf-8")
 
 
-def cells(html: str) -> list[tuple[str, str]]:
-    parser = Text()
-    parser.feed(html)
-    return [(tag, " ".join(text.split())) for tag, text in parser.cells]
-
-
 def check_table(page: str, task: str, workdir: Path) -> list[tuple[str, str]]:
     """Render one embedded table in Chromium: the rendered DOM must hold every caption, header and cell of the page,
     in order, with the task's caption and the Fluency group; returns the rendered cells, or exits naming the fault."""
     path = workdir / f"{task}.html"
     path.write_text(page, encoding="utf-8")
-    rendered, written = cells(run_chromium("--dump-dom", path.as_uri())), cells(page)
+    rendered, written = html_cells(run_chromium("--dump-dom", path.as_uri())), html_cells(page)
     caption = next((text for tag, text in rendered if tag == "caption"), "")
     if rendered != written or not caption.startswith(f"Task {task}") or ("th", "Fluency") not in rendered:
         sys.exit(f"check_report: the {task} table did not render as written (caption {caption!r})")
