@@ -15,9 +15,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from core.data import iter_jsonl, write_jsonl
+from core.errors import SuiteError, run_cli
 from evaluation.scorers import get_scorer
-from methods.common.data import iter_jsonl, write_jsonl
-from methods.common.errors import SuiteError, run_cli
 
 
 def read_texts(path: Path) -> list[dict]:

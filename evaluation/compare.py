@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from methods.common.errors import SuiteError, run_cli
+from core.errors import SuiteError, run_cli
 
 
 def compare(run_dir: Path, reference_dir: Path, tasks: list[str] | None = None) -> pd.DataFrame:

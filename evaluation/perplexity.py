@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from methods.common.errors import SuiteError
-from methods.common.models import context_length, encode_prompts
-from methods.common.sampling import completion_logits, pack
+from core.errors import SuiteError
+from core.models import context_length, encode_prompts
+from core.sampling import completion_logits, pack
 
 
 @torch.no_grad()

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import requests
 from tqdm.auto import tqdm
 
+from core.errors import SuiteError
 from evaluation.scorers import Scorer, register_scorer
-from methods.common.errors import SuiteError
 
 DEFAULT_ENDPOINT = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 RETRY_STATUS = {429} | set(range(500, 600))

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.data import read_jsonl, write_json
+from core.errors import SuiteError
 from evaluation.report import aggregate_metrics, write_task_report
 from evaluation.tasks import task_spec
-from methods.common.data import read_jsonl, write_json
-from methods.common.errors import SuiteError
 
 
 def _kept(key: str, reported: set[str]) -> bool:

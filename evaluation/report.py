@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from core.data import atomic_output  # noqa: E402
 from evaluation.tasks import task_spec  # noqa: E402
-from methods.common.checkpoint import atomic_output  # noqa: E402
 
 
 def read_benchmark(path: str | Path) -> dict:

@@ -6,7 +6,7 @@ import importlib
 import warnings
 from collections.abc import Callable
 
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 Scorer = Callable[[list[str]], list[float | None]]  # None: could not be scored (dropped and counted, never 0)
 _SCORERS: dict[str, Callable[..., Scorer]] = {}

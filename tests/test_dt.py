@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from methods.common.data import Prompt, read_jsonl
-from methods.common.errors import SuiteError
-from methods.common.models import encode_prompts, load_model
+from core.data import Prompt, read_jsonl
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Sampling, sample
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.dt import dt
 from tests.conftest import CORPUS

@@ -35,7 +35,7 @@ def test_every_profile_matches_the_schema():
 
 def test_bf16_auto_follows_the_hardware(monkeypatch):
     """`bf16: auto` in a method.yaml becomes bf16 only where the hardware runs it natively."""
-    from methods.common import config
+    from core import config
     from methods.quark.quark import QuarkConfig
 
     for native in (True, False):

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from methods.common.errors import SuiteError
-from methods.common.models import encode_prompts
+from core.errors import SuiteError
+from core.models import encode_prompts
 from methods.common.rewards import score_rewards
 from tests.conftest import ROOT
 
@@ -49,7 +49,7 @@ def test_long_prompts_are_cut_from_the_left_with_one_warning(tiny):
 
 def test_entry_points_print_one_line_and_exit_1():
     code = (
-        "from methods.common.errors import run_cli, SuiteError\n"
+        "from core.errors import run_cli, SuiteError\n"
         "def main():\n    raise SuiteError('data/x.jsonl:3: no prompt')\nrun_cli(main)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.common.data import read_jsonl
-from methods.common.sampling import Sampling, pack
+from core.data import read_jsonl
+from core.sampling import Sampling, pack
 from methods.common.tokens import add_control_tokens
 from methods.gedi import gedi
 from tests.test_dexperts import assert_beats_the_base_model, assert_nll_matches_processor, synthetic_task

@@ -15,14 +15,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from core.config import from_dict_for_task
+from core.data import Prompt, read_jsonl, read_prompts, select_prompts
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Sampling, sample
 from evaluation.tasks import wikitext_prefixes, wikitext_splits
 from methods import grpo as grpo_method
-from methods.common.config import from_dict_for_task
-from methods.common.data import Prompt, read_jsonl, read_prompts, select_prompts
-from methods.common.errors import SuiteError
-from methods.common.models import encode_prompts, load_model
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.grpo import grpo
 from methods.quark.quark import QuarkConfig

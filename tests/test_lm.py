@@ -4,8 +4,8 @@ import copy
 
 import torch
 
+from core.sampling import pack
 from methods.common.lm import LMSchedule, encode_texts, target_nll, train_lm
-from methods.common.sampling import pack
 
 
 def test_target_nll_ignores_prefix_and_padding(tiny):

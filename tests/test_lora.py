@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import set_seed
 
-from methods.common.data import Prompt
-from methods.common.errors import SuiteError
-from methods.common.models import load_model
+from core.data import Prompt
+from core.errors import SuiteError
+from core.models import load_model
+from core.sampling import Sampling, sample
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.quark import quark
 from tests.conftest import CORPUS

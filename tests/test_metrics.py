@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.errors import SuiteError
 from evaluation import toxicity
 from evaluation.metrics import bootstrap_ci, bootstrap_pooled_ci, distinct_metrics, distinct_n
 from evaluation.perplexity import conditional_perplexity
 from evaluation.report import aggregate_seeds, html_cells, make_table
-from methods.common.errors import SuiteError
 
 
 def test_distinct_n_divides_by_words_as_dexperts_and_quark_count():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from methods.common.data import write_json, write_jsonl
+from core.data import write_json, write_jsonl
 from tests.conftest import CORPUS, ROOT
 
 HPARAMS = dict(

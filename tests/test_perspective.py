@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from core.errors import SuiteError
 from evaluation.perspective import PerspectiveClient
-from methods.common.errors import SuiteError
 
 SECRET = "AIzaTest-not-a-real-key_0123456789"
 PATH = "/v1alpha1/comments:analyze"

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from methods.common.config import from_dict_for_task
-from methods.common.data import Prompt, read_jsonl
-from methods.common.errors import SuiteError
-from methods.common.models import encode_prompts, load_model
+from core.config import from_dict_for_task
+from core.data import Prompt, read_jsonl
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Sampling, sample
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.ppo import generate, ppo
 from methods.quark.quark import QuarkConfig

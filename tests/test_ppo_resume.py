@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.errors import SuiteError
 from methods.common import checkpoint
-from methods.common.errors import SuiteError
 from methods.ppo import ppo
 from tests.conftest import ROOT
 from tests.test_resume import counting_task, scored  # Quark's resume test's task: token_set, counted calls

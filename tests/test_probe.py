@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.common.data import Prompt
-from methods.common.errors import SuiteError
-from methods.common.models import encode_prompts, load_model
+from core.data import Prompt
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Sampling, sample
 from methods.common.probe import concordance, sequence_logprobs
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.quark import quark
 from methods.quark.pool import PROBE_ROUND, Pool

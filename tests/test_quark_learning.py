@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from methods.common.data import Prompt
-from methods.common.errors import SuiteError
+from core.data import Prompt
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Sampling, sample
 from methods.common.kl import KLController
-from methods.common.models import encode_prompts, load_model
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, sample
 from methods.common.task import Task
 from methods.quark import quark
 from tests.conftest import CORPUS

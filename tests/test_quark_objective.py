@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.common.sampling import completion_logits, pack
+from core.sampling import completion_logits, pack
 from methods.quark.quark import add_reward_tokens, quark_loss
 
 
@@ -105,10 +105,10 @@ def test_unlikelihood_term_adds_its_weighted_per_token_mean():
 
 
 def test_reward_token_rows_take_the_scaled_step(tiny, tmp_path):
-    from methods.common.data import Prompt
-    from methods.common.models import load_model
+    from core.data import Prompt
+    from core.models import load_model
+    from core.sampling import Sampling
     from methods.common.rewards import get_reward
-    from methods.common.sampling import Sampling
     from methods.common.task import Task
     from methods.quark import quark
     from tests.conftest import CORPUS

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from core.data import Prompt
+from core.sampling import Sampling
 from methods.common import checkpoint
-from methods.common.data import Prompt
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling
 from methods.common.task import Task
 from methods.quark import quark
 from tests.conftest import CORPUS, ROOT

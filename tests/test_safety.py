@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.data import Prompt
+from core.errors import SuiteError, run_cli
+from core.models import load_model
+from core.sampling import Sampling
 from methods.common import checkpoint, rewards
 from methods.common.checkpoint import Checkpoints
-from methods.common.data import Prompt
-from methods.common.errors import SuiteError, run_cli
-from methods.common.models import load_model
 from methods.common.rewards import Retry, get_reward, score_rewards
-from methods.common.sampling import Sampling
 from methods.common.task import Task
 from methods.quark import quark
 from tests.conftest import CORPUS, ROOT

@@ -6,8 +6,8 @@ import torch
 from scipy.stats import chisquare
 from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-from methods.common.data import Prompt, read_jsonl
-from methods.common.sampling import Sampling, _draw, _trim, sample, sample_generate
+from core.data import Prompt, read_jsonl
+from core.sampling import Sampling, _draw, _trim, sample, sample_generate
 from methods.quark import quark
 
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
+from core.errors import SuiteError
 from evaluation.repetition import rep_n, repeat_w, simctg_counts, uniq
 from evaluation.scorers import get_scorer
-from methods.common.errors import SuiteError
 
 
 def test_vader_maps_polarity_to_a_probability_of_positive():

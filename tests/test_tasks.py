@@ -5,13 +5,13 @@ import math
 import pandas as pd
 import pytest
 
+from core.data import Prompt
+from core.errors import SuiteError
+from core.sampling import eval_sampling
 from evaluation import repetition, sentiment
 from evaluation.report import make_table
 from evaluation.tasks import detokenize, split_articles, wikitext_articles, wikitext_corpus, wikitext_prefixes
-from methods.common.data import Prompt
-from methods.common.errors import SuiteError
 from methods.common.rewards import get_reward
-from methods.common.sampling import eval_sampling
 
 WIKI = "\n".join(
     [

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
+from core.errors import SuiteError
 from evaluation.scorers import get_scorer
 from evaluation.toxicity_head import (
     HEAD_DIR,
@@ -22,7 +23,6 @@ from evaluation.toxicity_head import (
     predict,
     save_head,
 )
-from methods.common.errors import SuiteError
 from methods.common.rewards import get_reward
 from tests.conftest import snakemake
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from methods.common.config import from_dict_for_task
-from methods.common.data import Prompt
-from methods.common.errors import SuiteError
+from core.config import from_dict_for_task
+from core.data import Prompt, Text
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Sampling, pack, sample
 from methods.common.lm import LMSchedule, encode_texts, train_lm
-from methods.common.models import encode_prompts, load_model
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, pack, sample
-from methods.common.task import Task, Text
+from methods.common.task import Task
 from methods.unlikelihood import losses, unlikelihood
 from tests.conftest import CORPUS
 

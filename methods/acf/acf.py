@@ -26,15 +26,15 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, PreTrainedModel, set_seed
 
+from core.config import from_dict
+from core.data import write_json, write_jsonl
+from core.models import load_model
+from core.sampling import Packed, completion_logits, pack
 from methods.acf.schedule import Schedule
 from methods.common.benchmarks import combine_benchmarks
-from methods.common.config import from_dict
-from methods.common.data import write_json, write_jsonl
 from methods.common.heldout import MAX_TEXT_TOKENS, heldout_split, model_perplexity
 from methods.common.kl import masked_mean
 from methods.common.lm import LMSchedule, target_nll, train_lm
-from methods.common.models import load_model
-from methods.common.sampling import Packed, completion_logits, pack
 from methods.common.task import Task
 from methods.finetune.finetune import corpus_pairs
 from methods.nado.aux_model import (

@@ -7,12 +7,12 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "workflow" / "scri
 import torch  # noqa: E402
 from _job import main  # noqa: E402
 
+from core.data import read_corpus, read_prompts  # noqa: E402
+from core.sampling import train_sampling  # noqa: E402
 from methods.acf.acf import finish, load_config, run_job  # noqa: E402
-from methods.common.data import read_prompts  # noqa: E402
 from methods.common.provenance import write_model_json  # noqa: E402
 from methods.common.rewards import get_reward  # noqa: E402
-from methods.common.sampling import train_sampling  # noqa: E402
-from methods.common.task import Task, read_corpus  # noqa: E402
+from methods.common.task import Task  # noqa: E402
 
 JOBS = {"acf_sample": "sample", "acf_train_r": "r", "acf_train_lm": "lm"}
 

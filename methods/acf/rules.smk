@@ -5,7 +5,7 @@
 # train_stats.json (each job's stats, the wall-clock span, held-out perplexity).
 from methods.acf.acf import load_config, lm_path, r_path, samples_path, stats_path
 from methods.acf.schedule import Schedule
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 ACF_RUN = f"{R}/{{task}}/acf/seed{{seed}}"
 ACF_BASE = f"{R}/base_model"

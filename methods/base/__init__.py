@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from methods.common.data import Prompt
+from core.data import Prompt
+from core.models import load_model
+from core.sampling import Sampling
 from methods.common.generate import generate_jsonl
-from methods.common.models import load_model
-from methods.common.sampling import Sampling
 from methods.common.task import Task
 
 

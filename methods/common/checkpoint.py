@@ -16,43 +16,21 @@ capture every RNG and `ensure_writable` fails early on a read-only results direc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from methods.common.errors import SuiteError
+from core.data import atomic_output
+from core.errors import SuiteError
 
 CHECKPOINT_VERSION = 1
 _PREFIX = "ckpt-"
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path` that becomes `path` only if the block ends without an error.
-
-    For a file or a directory alike; the temporary name keeps the suffix, for writers that choose a format by it
-    (matplotlib). A job killed mid-write never leaves a half-written output under its final name.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        if tmp.is_dir() and path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
 
 
 def ensure_writable(directory: str | Path) -> Path:

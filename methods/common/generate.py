@@ -6,9 +6,9 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from methods.common.data import Prompt, write_jsonl
-from methods.common.models import context_length, encode_prompts
-from methods.common.sampling import Sampling, generation_records, sample
+from core.data import Prompt, write_jsonl
+from core.models import context_length, encode_prompts
+from core.sampling import Sampling, generation_records, sample
 
 
 def generate_jsonl(

@@ -16,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from core.data import Text
+from core.sampling import Packed, pack
 from methods.common.lm import Pair, encode_texts, target_nll
-from methods.common.sampling import Packed, pack
-from methods.common.task import Text
 
 HELDOUT_SIZE = 200
 HELDOUT_MIN_SCORE = {"toxicity": 0.9, "repetition": 0.9}  # other tasks: any text, labelled or not

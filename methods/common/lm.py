@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from methods.common.sampling import Packed, completion_logits, pack
+from core.sampling import Packed, completion_logits, pack
 from methods.common.speed import adamw
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (prefix ids, target ids)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from methods.common.errors import SuiteError
-from methods.common.sampling import completion_logits, pack
+from core.errors import SuiteError
+from core.sampling import completion_logits, pack
 
 
 class ProbeSample(NamedTuple):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from methods.common.config import native_bf16
-from methods.common.data import write_json
+from core.config import native_bf16
+from core.data import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "snakemake")
@@ -70,7 +70,7 @@ def provenance(device: str = "cpu", bf16: bool | None = None) -> dict:
 
 
 def resolved_bf16(hparams: dict) -> bool:
-    """What `bf16` a method ran with: `auto` is native_bf16() (methods/common/config.py), absent is fp32."""
+    """What `bf16` a method ran with: `auto` is native_bf16() (core/config.py), absent is fp32."""
     value = hparams.get("bf16", False)
     return native_bf16() if value == "auto" else bool(value)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 Reward = Callable[..., list[float | None]]
 _REWARDS: dict[str, Callable[..., Reward]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 
 def add_control_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, names: list[str]) -> list[int]:

@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, PreTrainedModel, TopPLogitsWarper, set_seed
 
-from methods.common.config import from_dict
-from methods.common.data import Prompt, write_json
-from methods.common.errors import SuiteError
+from core.config import from_dict
+from core.data import Prompt, Text, write_json
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Packed, Sampling, completion_logits
 from methods.common.generate import generate_jsonl
 from methods.common.heldout import heldout_split, model_perplexity, perplexity, text_pairs
 from methods.common.lm import LMSchedule, train_lm
 from methods.common.lockstep import LockstepLM
-from methods.common.models import encode_prompts, load_model
-from methods.common.sampling import Packed, Sampling, completion_logits
-from methods.common.task import Task, Text
+from methods.common.task import Task
 
 SOURCE = "methods/dexperts/method.yaml"
 SIDES = ("expert", "antiexpert")
@@ -106,7 +106,7 @@ def write_ensemble(out_dir: Path, base_model: Path, expert: Path, antiexpert: Pa
     """The directory model.json points at: a manifest naming the three models (paths relative to it) and alpha.
 
     The base model's config.json is copied next to it, so the directory resolves like any model directory
-    (`methods/common/models.resolve_model_dir`); the weights stay where the three jobs wrote them.
+    (`core/models.resolve_model_dir`); the weights stay where the three jobs wrote them.
     """
     cfg = from_dict(DExpertsConfig, hparams, SOURCE)
     out_dir = Path(out_dir)

@@ -7,9 +7,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "workflow" / "scripts"))  # noqa: F821
 from _job import main  # noqa: E402
 
+from core.data import read_corpus  # noqa: E402
 from methods.common.benchmarks import combine_benchmarks  # noqa: E402
 from methods.common.provenance import write_model_json  # noqa: E402
-from methods.common.task import read_corpus  # noqa: E402
 from methods.dexperts.dexperts import write_ensemble, write_train_stats  # noqa: E402
 
 

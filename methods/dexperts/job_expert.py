@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "workflow" / "scripts"))  # noqa: F821
 from _job import main  # noqa: E402
 
-from methods.common.task import read_corpus  # noqa: E402
+from core.data import read_corpus  # noqa: E402
 from methods.dexperts.dexperts import train_expert  # noqa: E402
 
 

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from methods.common.config import from_dict_for_task
-from methods.common.data import Prompt, write_json
-from methods.common.errors import SuiteError
+from core.config import from_dict_for_task
+from core.data import Prompt, write_json
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model, read_meta
+from core.sampling import Sampling
 from methods.common.generate import generate_jsonl
 from methods.common.lm import LMSchedule, target_nll, train_lm
-from methods.common.models import encode_prompts, load_model, read_meta
 from methods.common.probe import ProbeSample, controllability, held_out_prompts
 from methods.common.rollout import sample_and_score
-from methods.common.sampling import Sampling
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
 

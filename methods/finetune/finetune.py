@@ -12,12 +12,12 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from methods.common.config import from_dict
-from methods.common.data import write_json
-from methods.common.errors import SuiteError
+from core.config import from_dict
+from core.data import write_json
+from core.errors import SuiteError
+from core.models import load_model
 from methods.common.heldout import MAX_TEXT_TOKENS, heldout_split, model_perplexity, text_pairs
 from methods.common.lm import LMSchedule, Pair, train_lm
-from methods.common.models import load_model
 from methods.common.task import Task
 
 

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LogitsProcessor, PreTrainedModel, TopPLogitsWarper, set_seed
 
-from methods.common.config import from_dict
-from methods.common.data import Prompt, write_json
+from core.config import from_dict
+from core.data import Prompt, write_json
+from core.models import load_model, read_meta
+from core.sampling import Packed, Sampling, completion_logits, pack
 from methods.common.generate import generate_jsonl
 from methods.common.heldout import heldout_split, model_perplexity, perplexity, text_pairs
 from methods.common.lm import LMSchedule, encode_texts, train_lm
 from methods.common.lockstep import LockstepLM
-from methods.common.models import load_model, read_meta
-from methods.common.sampling import Packed, Sampling, completion_logits, pack
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
 from methods.dexperts.dexperts import attribute_texts, check_no_pad

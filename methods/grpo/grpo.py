@@ -37,11 +37,11 @@ from transformers.integrations import TensorBoardCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from methods.common.checkpoint import atomic_output, claim_run, finish_run
-from methods.common.config import from_dict
-from methods.common.data import write_json
-from methods.common.errors import SuiteError
-from methods.common.models import encode_prompts, load_model
+from core.config import from_dict
+from core.data import atomic_output, write_json
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from methods.common.checkpoint import claim_run, finish_run
 from methods.common.rewards import Reward, score_rewards
 from methods.common.task import Task
 

@@ -42,13 +42,13 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from methods.common.data import iter_jsonl
-from methods.common.errors import SuiteError
+from core.data import iter_jsonl
+from core.errors import SuiteError
+from core.models import encode_prompts
+from core.sampling import Packed, completion_logits, pack
 from methods.common.kl import masked_mean
-from methods.common.models import encode_prompts
 from methods.common.probe import concordance, held_out_prompts
 from methods.common.rollout import sample_and_score
-from methods.common.sampling import Packed, completion_logits, pack
 from methods.common.speed import adamw
 from methods.common.task import Task
 

@@ -17,9 +17,9 @@ import torch
 import yaml
 from transformers import set_seed
 
-from methods.common.config import from_dict
-from methods.common.errors import SuiteError, run_cli
-from methods.common.models import load_model, read_meta
+from core.config import from_dict
+from core.errors import SuiteError, run_cli
+from core.models import load_model, read_meta
 from methods.nado.aux_model import AuxModel, base_rate, fit_aux, read_samples
 from methods.nado.nado import META_FILE, NadoConfig
 

@@ -40,14 +40,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup, set_seed
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from methods.common.checkpoint import Checkpoints, atomic_output, claim_run, finish_run, rng_state, set_rng_state
-from methods.common.config import from_dict_for_task
-from methods.common.data import write_json
-from methods.common.errors import SuiteError
+from core.config import from_dict_for_task
+from core.data import atomic_output, write_json
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Packed, completion_logits, pack, sample
+from methods.common.checkpoint import Checkpoints, claim_run, finish_run, rng_state, set_rng_state
 from methods.common.kl import KLController, masked_mean
-from methods.common.models import encode_prompts, load_model
 from methods.common.rollout import score_completions
-from methods.common.sampling import Packed, completion_logits, pack, sample
 from methods.common.speed import adamw
 from methods.common.task import Task
 

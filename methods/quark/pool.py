@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 SCHEMA_VERSION = 1
 PROBE_ROUND = -1  # the round number of the probe set's samples: kept in the pool, never trained on

@@ -38,16 +38,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup, set_seed
 
+from core.config import from_dict_for_task
+from core.data import Prompt, write_json
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model, read_meta
+from core.sampling import Packed, Sampling, completion_logits, pack, sample
 from methods.common.checkpoint import Checkpoints, claim_run, finish_run, rng_state, set_rng_state
-from methods.common.config import from_dict_for_task
-from methods.common.data import Prompt, write_json
-from methods.common.errors import SuiteError
 from methods.common.generate import generate_jsonl
 from methods.common.kl import KLController, masked_mean
-from methods.common.models import encode_prompts, load_model, read_meta
 from methods.common.probe import controllability, held_out_prompts
 from methods.common.rollout import score_completions
-from methods.common.sampling import Packed, Sampling, completion_logits, pack, sample
 from methods.common.speed import adamw
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens

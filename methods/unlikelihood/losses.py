@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from methods.common.sampling import Packed
+from core.sampling import Packed
 
 # 1 - p is clamped before the log, as in the reference code (1e-5 at the token level, 1e-20 at the sequence level)
 TOKEN_MIN = 1e-5

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, set_seed
 
-from methods.common.config import from_dict_for_task
-from methods.common.data import write_json
-from methods.common.errors import SuiteError
+from core.config import from_dict_for_task
+from core.data import write_json
+from core.errors import SuiteError
+from core.models import encode_prompts, load_model
+from core.sampling import Packed, Sampling, completion_logits, pack, sample
 from methods.common.lm import LMSchedule, encode_texts, target_nll, train_lm
-from methods.common.models import encode_prompts, load_model
 from methods.common.rollout import sample_and_score
-from methods.common.sampling import Packed, Sampling, completion_logits, pack, sample
 from methods.common.task import Task
 from methods.unlikelihood.losses import ngram_candidates, sequence_unlikelihood, token_unlikelihood
 

@@ -103,8 +103,8 @@ SEEDS = config["seeds"]
 def check_prompts(task):
     """Read the task's prompt files now (they are small), so a bad line fails before any job runs."""
     from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits
-    from methods.common.data import read_prompts, select_prompts
-    from methods.common.errors import SuiteError
+    from core.data import read_prompts, select_prompts
+    from core.errors import SuiteError
 
     d = config["data"][task]
     try:

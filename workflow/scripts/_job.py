@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from methods.common.errors import run_cli
+from core.errors import run_cli
 from methods.common.speed import keep_freed_memory
 
 

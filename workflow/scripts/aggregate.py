@@ -4,7 +4,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
 from evaluation.report import aggregate_seeds  # noqa: E402
-from methods.common.data import write_json  # noqa: E402
+from core.data import write_json  # noqa: E402
 
 
 def run(sm):

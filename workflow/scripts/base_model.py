@@ -5,9 +5,9 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
 from evaluation.tasks import wikitext_articles  # noqa: E402
-from methods.common.checkpoint import atomic_output  # noqa: E402
-from methods.common.data import read_prompts  # noqa: E402
-from methods.common.models import build_base_model  # noqa: E402
+from core.data import atomic_output  # noqa: E402
+from core.data import read_prompts  # noqa: E402
+from core.models import build_base_model  # noqa: E402
 
 
 def texts(path):

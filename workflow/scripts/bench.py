@@ -91,7 +91,7 @@ def batch_ids(torch, n: int, completion: int, seed: int = 0) -> tuple[list[list[
 
 
 def sampling_worker(torch, args, variant: str) -> dict:
-    from methods.common.sampling import Sampling, sample, sample_generate
+    from core.sampling import Sampling, sample, sample_generate
 
     model, tokenizer = load(args.model)
     prompts = torch.randint(100, 1000, (args.batch, 32), generator=torch.Generator().manual_seed(0)).tolist()
@@ -108,7 +108,7 @@ def sampling_worker(torch, args, variant: str) -> dict:
 
 
 def quark_worker(torch, args, variant: str, bf16: bool) -> dict:
-    from methods.common.sampling import completion_logits, pack
+    from core.sampling import completion_logits, pack
     from methods.quark.quark import add_reward_tokens, quark_loss
 
     policy, tokenizer = load(args.model)
@@ -138,7 +138,7 @@ def quark_worker(torch, args, variant: str, bf16: bool) -> dict:
 
 
 def ppo_worker(torch, args, variant: str, bf16: bool) -> dict:
-    from methods.common.sampling import pack
+    from core.sampling import pack
     from methods.ppo.ppo import ValueHead, policy_forward, ppo_loss, rows
 
     policy, tokenizer = load(args.model)
@@ -168,7 +168,7 @@ def ppo_worker(torch, args, variant: str, bf16: bool) -> dict:
 
 
 def load(path: Path):
-    from methods.common.models import load_model
+    from core.models import load_model
 
     return load_model(path, "cpu")
 
@@ -201,7 +201,7 @@ def worker(args) -> None:
         from methods.common.speed import keep_freed_memory
 
         keep_freed_memory()
-    from methods.common.config import native_bf16
+    from core.config import native_bf16
 
     kind, bf16 = args.worker, native_bf16()
     if kind == "sampling":
@@ -263,7 +263,7 @@ def main() -> None:
         return
     import torch
 
-    from methods.common.config import native_bf16
+    from core.config import native_bf16
 
     torch.set_num_threads(args.threads)
     native = "bf16" if native_bf16() else "fp32"

@@ -35,8 +35,8 @@ def measure(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from methods.common.data import read_prompts
-    from methods.common.sampling import Sampling
+    from core.data import read_prompts
+    from core.sampling import Sampling
     from methods.common.task import Task
     from methods.quark.pool import Sample
     from methods.quark.quark import QuarkConfig, Trainer

@@ -7,9 +7,9 @@ from _job import main  # noqa: E402
 from evaluation.perplexity import conditional_perplexity  # noqa: E402
 from evaluation.scorers import get_scorer  # noqa: E402
 from evaluation.tasks import task_spec  # noqa: E402
-from methods.common.checkpoint import atomic_output  # noqa: E402
-from methods.common.data import read_jsonl, read_prompts, write_json  # noqa: E402
-from methods.common.models import load_model  # noqa: E402
+from core.data import atomic_output  # noqa: E402
+from core.data import read_jsonl, read_prompts, write_json  # noqa: E402
+from core.models import load_model  # noqa: E402
 from methods.common.provenance import provenance  # noqa: E402
 
 

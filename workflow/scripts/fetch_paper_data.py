@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from methods.common.data import write_jsonl  # noqa: E402
-from methods.common.errors import run_cli  # noqa: E402
+from core.data import write_jsonl  # noqa: E402
+from core.errors import run_cli  # noqa: E402
 
 WIKITEXT = ("Salesforce/wikitext", "wikitext-103-raw-v1")
 WIKITEXT_SPLITS = {"train": "train", "test": "test", "valid": "validation"}

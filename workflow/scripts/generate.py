@@ -5,9 +5,9 @@ from pathlib import Path
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
-from methods.common.data import read_jsonl, read_prompts, write_jsonl  # noqa: E402
-from methods.common.models import resolve_model_dir  # noqa: E402
-from methods.common.sampling import eval_sampling  # noqa: E402
+from core.data import read_jsonl, read_prompts, write_jsonl  # noqa: E402
+from core.models import resolve_model_dir  # noqa: E402
+from core.sampling import eval_sampling  # noqa: E402
 
 
 def run(sm):

@@ -5,7 +5,7 @@ from _job import main  # noqa: E402
 
 from evaluation.scorers import get_scorer  # noqa: E402
 from evaluation.tasks import task_spec, wanted_sentiment  # noqa: E402
-from methods.common.task import write_corpus  # noqa: E402
+from core.data import write_corpus  # noqa: E402
 
 
 def run(sm):

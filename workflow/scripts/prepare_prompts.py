@@ -10,7 +10,7 @@ from _job import main  # noqa: E402
 
 from evaluation.sentiment import PROMPT_TYPES  # noqa: E402
 from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits, wikitext_train_articles  # noqa: E402
-from methods.common.data import read_prompts, select_prompts, write_prompts  # noqa: E402
+from core.data import read_prompts, select_prompts, write_prompts  # noqa: E402
 
 
 def train_prompts(sm, s, kind):

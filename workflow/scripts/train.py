@@ -10,9 +10,9 @@ from _job import main  # noqa: E402
 
 from train_job import run_job  # noqa: E402
 
-from methods.common.data import write_json  # noqa: E402
+from core.data import write_json  # noqa: E402
 from methods.common.provenance import write_model_json  # noqa: E402
-from methods.common.errors import SuiteError  # noqa: E402
+from core.errors import SuiteError  # noqa: E402
 
 
 def run(sm):

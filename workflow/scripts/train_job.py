@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_job(job: dict) -> Path:
     """Build the task (prompts, corpus, reward, exploration sampling) and call the method's train()."""
     from methods.common.rewards import get_reward
-    from methods.common.data import read_prompts
-    from methods.common.sampling import train_sampling
-    from methods.common.task import Task, read_corpus
+    from core.data import read_prompts
+    from core.sampling import train_sampling
+    from core.data import read_corpus
+    from methods.common.task import Task
 
     method = importlib.import_module(f"methods.{job['method']}")
     spec = dict(job["reward"])
@@ -37,7 +38,7 @@ def run_job(job: dict) -> Path:
 def main() -> None:
     from accelerate import PartialState
 
-    from methods.common.data import write_json
+    from core.data import write_json
 
     job = json.loads(Path(sys.argv[1]).read_text())
     model_dir = run_job(job)
@@ -47,6 +48,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    from methods.common.errors import run_cli
+    from core.errors import run_cli
 
     run_cli(main)

@@ -30,9 +30,9 @@ from evaluation.toxicity_head import (  # noqa: E402
     predict,
     save_head,
 )
-from methods.common.config import from_dict  # noqa: E402
-from methods.common.data import iter_jsonl  # noqa: E402
-from methods.common.errors import SuiteError  # noqa: E402
+from core.config import from_dict  # noqa: E402
+from core.data import iter_jsonl  # noqa: E402
+from core.errors import SuiteError  # noqa: E402
 
 TOXIC = 0.5  # Perspective toxicity above which a text counts as toxic (RealToxicityPrompts' convention)
 

@@ -8,10 +8,10 @@ from _job import main  # noqa: E402
 
 from evaluation.scorers import get_scorer  # noqa: E402
 from evaluation.sentiment import assign_prompt_types  # noqa: E402
-from methods.common.config import native_bf16  # noqa: E402
-from methods.common.data import read_prompts, select_prompts, write_prompts  # noqa: E402
-from methods.common.models import encode_prompts, load_model  # noqa: E402
-from methods.common.sampling import Sampling, sample  # noqa: E402
+from core.config import native_bf16  # noqa: E402
+from core.data import read_prompts, select_prompts, write_prompts  # noqa: E402
+from core.models import encode_prompts, load_model  # noqa: E402
+from core.sampling import Sampling, sample  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from dataclasses import replace  # noqa: E402
 

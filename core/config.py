@@ -10,7 +10,7 @@ from typing import TypeVar
 import torch
 import yaml
 
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 T = TypeVar("T")
 

@@ -1,13 +1,18 @@
-"""Prompt files: RealToxicityPrompts JSONL (`{"prompt": {"text": ...}}`) or JSONL with a `prompt` string."""
+"""Files the suite reads and writes: prompts (RealToxicityPrompts JSONL, `{"prompt": {"text": ...}}`, or JSONL with a
+`prompt` string), labelled corpus texts, JSON and JSONL, each output written whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 
 @dataclass(frozen=True)
@@ -113,3 +118,54 @@ def write_json(path: str | Path, obj: object) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` that becomes `path` only if the block ends without an error.
+
+    For a file or a directory alike; the temporary name keeps the suffix, for writers that choose a format by it
+    (matplotlib). A job killed mid-write never leaves a half-written output under its final name.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text of the task's corpus and how much it has the task's wanted attribute.
+
+    `score` is in [0, 1], in the reward's direction (1 = wanted: non-toxic, of the wanted sentiment, not repetitive),
+    or None where the text carries no label. Toxicity labels come from Perspective (RealToxicityPrompts ships them),
+    sentiment labels from the task's judge, repetition labels from the completion's own repetition.
+    """
+
+    text: str
+    score: float | None
+
+
+def read_corpus(path: str | Path) -> list[Text]:
+    """Read `{"text": str, "score": float | null}` lines; a bad line is a SuiteError naming the file and line."""
+    texts = []
+    for lineno, row in iter_jsonl(path):
+        score = row.get("score") if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise SuiteError(f"{path}:{lineno}: no 'text' string")
+        if score is not None and not (isinstance(score, (int, float)) and 0.0 <= score <= 1.0):
+            raise SuiteError(f"{path}:{lineno}: 'score' must be a number in [0, 1] or null, got {score!r}")
+        texts.append(Text(row["text"], None if score is None else float(score)))
+    return texts
+
+
+def write_corpus(path: str | Path, texts: list[Text]) -> None:
+    write_jsonl(path, [{"text": t.text, "score": t.score} for t in texts])

@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from methods.common.errors import SuiteError
+from core.errors import SuiteError
 
 EOS = "<|endoftext|>"
 
