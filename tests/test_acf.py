@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from core.data import Prompt, Text, read_jsonl, write_json
+from core.errors import SuiteError
+from core.sampling import Sampling, pack
 from methods.acf import acf
 from methods.acf.schedule import Schedule
 from methods.base import generate as base_generate
 from methods.common.benchmarks import combine_benchmarks
-from methods.common.data import Prompt, read_jsonl, write_json
 from methods.common.probe import concordance
 from methods.common.rewards import get_reward
-from methods.common.sampling import Sampling, pack
-from methods.common.task import Task, Text
+from methods.common.task import Task
 from methods.finetune import finetune
 from methods.nado import nado
 from methods.nado.aux_model import (
@@ -304,13 +305,20 @@ def test_nado_decoding_raises_the_reward(tiny, tmp_path):
         r_warmup_steps=2,
         r_freeze_embeddings=False,
         sample_batch_size=200,
+        alpha_grid=[1.0, 4.0],
+        max_perplexity_ratio=1e6,
     )
     model_dir = nado.train(task, path, tmp_path / "nado", hparams, seed=0, device="cpu")
+    stats = json.loads((tmp_path / "nado" / "train_stats.json").read_text())
+    # alpha chosen on the probe prompts: each strength's q* samples outscore the base model's there, the stronger more
+    tried = {t["alpha"]: t for t in stats["alpha_search"]}
+    assert sorted(tried) == [0.0, 1.0, 4.0] and all(t["samples"] == 160 for t in tried.values())
+    assert tried[0.0]["reward"] < tried[1.0]["reward"] < tried[4.0]["reward"], tried
+    assert stats["alpha"] == 4.0 == json.loads((model_dir / nado.META_FILE).read_text())["alpha"]
     base = rewards_of(sample_records(base_generate, path, task, tmp_path / "base.jsonl"))
     steered = rewards_of(sample_records(nado.generate, model_dir, task, tmp_path / "nado.jsonl"))
     ok, detail = beats(steered, base, 0.08)
     assert base.mean() < 0.2 and ok, detail
-    stats = json.loads((tmp_path / "nado" / "train_stats.json").read_text())
     assert stats["bce_last"] < stats["bce_first"] and stats["heldout_perplexity"] > 1
 
     # R's token-level AUC on the probe prompts' samples, which it never trained on, beats every one of 1,000 shuffles
@@ -324,6 +332,22 @@ def test_nado_decoding_raises_the_reward(tiny, tmp_path):
     assert stats["r_auc_token"] == pytest.approx(concordance(tilt, rewards, groups))
     shuffled = [concordance(tilt, np.random.default_rng(k).permutation(rewards), groups) for k in range(1000)]
     assert stats["r_auc_token"] > max(shuffled), (stats["r_auc_token"], max(shuffled))
+
+
+def test_pick_alpha_keeps_to_the_perplexity_bound():
+    tried = [
+        {"alpha": 0.0, "reward": 0.5, "perplexity": 20.0},
+        {"alpha": 1.0, "reward": 0.6, "perplexity": 22.0},
+        {"alpha": 4.0, "reward": 0.9, "perplexity": 40.0},
+    ]
+    assert nado.pick_alpha(tried, 1.15) == 1.0  # 4.0 scores best but its perplexity is 2x the base model's
+    assert nado.pick_alpha(tried, 2.0) == 4.0
+    assert nado.pick_alpha(tried, 1.05) == 0.0  # none within the bound: the base model
+
+
+def test_alpha_grid_without_probe_prompts_fails_in_one_line(tiny, tmp_path):
+    with pytest.raises(SuiteError, match="alpha_grid needs r_probe_prompts"):
+        nado.train(synthetic_task(), tiny[0], tmp_path, {"alpha_grid": [1.0, 2.0]}, seed=0, device="cpu")
 
 
 @pytest.mark.parametrize("anchor", ["base", "policy"])

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from core.sampling import Sampling, sample
 from methods.common.rewards import Reward, score_rewards
-from methods.common.sampling import Sampling, sample
 
 
 def score_completions(
@@ -55,11 +55,13 @@ def sample_and_score(
     sampling: Sampling,
     suppress_ids: list[int] | None = None,
     desc: str = "rollout",
+    logits_processor: list | None = None,
 ) -> ScoredSamples:
-    """Sample one completion of `prefixes[i]` for each i in `chosen` and score it against `prompts[i]`."""
+    """Sample one completion of `prefixes[i]` for each i in `chosen` and score it against `prompts[i]`;
+    `logits_processor` reweights the model's scores as `core.sampling.sample` describes (decoding-time methods)."""
     started = time.perf_counter()
     batch = [prefixes[i] for i in chosen]
-    completions = sample(model, tokenizer, batch, sampling, suppress_ids, desc=f"{desc}: sampling")
+    completions = sample(model, tokenizer, batch, sampling, suppress_ids, f"{desc}: sampling", logits_processor)
     seconds = time.perf_counter() - started
     texts, rewards = score_completions(
         reward, tokenizer, [prompts[i] for i in chosen], completions, desc=f"{desc}: scoring"
