@@ -366,18 +366,27 @@ def make_plot(
     plt.close(fig)
 
 
-def write_budget_curve(task: str, rows: list[tuple[str, int, dict]], out_dir: str | Path, profile: str) -> pd.DataFrame:
+def write_budget_curve(
+    task: str,
+    rows: list[tuple[str, int, dict]],
+    out_dir: str | Path,
+    profile: str,
+    references: list[tuple[str, dict]] = (),
+) -> pd.DataFrame:
     """budget_curve.{md,csv,png}: each (method, budget multiple, aggregated metrics) row's plotted metrics against the
-    scored samples its training drew and against its training minutes, one line per method."""
+    scored samples its training drew and against its training minutes, one line per method; each (name, metrics)
+    reference row (the base model, a method at its own budget) is a dashed line at its value."""
     evaluator = importlib.import_module(task_spec(task).evaluator)
     metrics, labels = evaluator.plotted(task), evaluator.LABELS
     records = []
-    for method, budget, m in rows:
+    for method, budget, m in [*rows, *((name, None, m) for name, m in references)]:
+        stats = m.get("train_stats", {})
         record = {
             "method": method,
             "budget": budget,
-            "scored_samples": m.get("train_stats", {}).get("scored_samples"),
-            "train_minutes": m["cost"]["train_seconds"] / 60,
+            "scored_samples": stats.get("scored_samples"),
+            "train_minutes": m["cost"]["train_seconds"] / 60 if m.get("cost", {}).get("train_seconds") else None,
+            "probe_auc": stats.get("probe_auc"),
         }
         for k in metrics:
             low, high = m["ci95"].get(k) or (None, None)
@@ -387,24 +396,32 @@ def write_budget_curve(task: str, rows: list[tuple[str, int, dict]], out_dir: st
     out_dir = Path(out_dir)
     with atomic_output(out_dir / "budget_curve.csv") as path:
         frame.to_csv(path, index=False)
-    shown = frame[["method", "budget", "scored_samples", "train_minutes"]].copy()
+    shown = pd.DataFrame({"method": frame["method"]})
+    shown["budget"] = [f"{b:g}×" if pd.notna(b) else "reference" for b in frame["budget"]]
+    shown["scored samples"] = [f"{n:.0f}" if pd.notna(n) else "–" for n in frame["scored_samples"]]
+    shown["training minutes"] = [f"{t:.1f}" if pd.notna(t) else "–" for t in frame["train_minutes"]]
     for k in metrics:
-        shown[labels.get(k, k)] = [_cell(m.get(k), m["ci95"].get(k), 0.0, 1) for _, _, m in rows]
+        shown[labels.get(k, k)] = [_cell(r[k], [r[f"{k}_ci_low"], r[f"{k}_ci_high"]], 0.0, 1) for r in records]
+    if frame["probe_auc"].notna().any():
+        shown["Probe AUC"] = [f"{a:.3f}" if pd.notna(a) else "–" for a in frame["probe_auc"]]
     with atomic_output(out_dir / "budget_curve.md") as path:
-        Path(path).write_text(shown.to_markdown(index=False, floatfmt=".1f") + "\n")
+        Path(path).write_text(shown.to_markdown(index=False) + "\n")
+    curves, lines = frame[frame["budget"].notna()], frame[frame["budget"].isna()]
     fig, axes = plt.subplots(2, len(metrics), figsize=(3.6 * len(metrics), 6.4), squeeze=False)
     for row, x in enumerate(["scored_samples", "train_minutes"]):
         for ax, k in zip(axes[row], metrics):
-            for method, group in frame.groupby("method", sort=False):
+            for method, group in curves.groupby("method", sort=False):
                 group = group.sort_values("budget")
                 y = group[k].to_numpy(float)
                 low, high = (group[f"{k}_ci_{e}"].fillna(group[k]).to_numpy(float) for e in ("low", "high"))
                 ax.errorbar(group[x].astype(float), y, yerr=[y - low, high - y], marker="o", capsize=3, label=method)
+            for i, (_, ref) in enumerate(lines.iterrows()):
+                ax.axhline(ref[k], color="0.35", linestyle=("--", ":", "-.")[i % 3], linewidth=1, label=ref["method"])
             ax.set_xlabel("scored samples" if x == "scored_samples" else "training minutes")
             ax.set_title(labels.get(k, k), fontsize=10)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{task}: metric against training budget ({profile} profile)")
+    fig.suptitle(f"{task}: metric against training budget ({profile} profile); bars: 95% CI over prompts")
     fig.tight_layout()
     with atomic_output(out_dir / "budget_curve.png") as png:
         fig.savefig(png, dpi=120)

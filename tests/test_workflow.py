@@ -405,9 +405,15 @@ def test_budget_curve_trains_each_multiple_once_and_plots_it(repo_copy):
         k: v for k, v in runs[1]["hparams"].items() if k != "num_rounds"
     }
     curve = pd.read_csv(out / "budget_curve.csv")
-    assert list(curve["budget"]) == [1, 2] and curve["scored_samples"].iloc[1] == 2 * curve["scored_samples"].iloc[0]
-    assert curve["avg_max_toxicity"].between(0, 1).all() and (curve["train_minutes"] > 0).all()
-    assert "Quark" in (out / "budget_curve.md").read_text()
+    trained, base = curve[curve["budget"].notna()], curve[curve["budget"].isna()]
+    assert list(trained["budget"]) == [1, 2]
+    assert trained["scored_samples"].iloc[1] == 2 * trained["scored_samples"].iloc[0]
+    assert trained["avg_max_toxicity"].between(0, 1).all() and (trained["train_minutes"] > 0).all()
+    # the default reference row, the base model, is drawn at its own value
+    assert list(base["method"]) == ["Base model"]
+    base_metrics = json.loads((out / "base" / "metrics.json").read_text())
+    assert base["avg_max_toxicity"].iloc[0] == pytest.approx(base_metrics["avg_max_toxicity"])
+    assert "Quark" in (out / "budget_curve.md").read_text() and "| reference |" in (out / "budget_curve.md").read_text()
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

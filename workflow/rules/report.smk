@@ -29,12 +29,13 @@ BUDGET = config["budget_curve"]
 BUDGET_ROWS = [(m, k, m if k == 1 else f"{m}-x{k}") for m in BUDGET["methods"] for k in BUDGET["budgets"]]
 if BUDGET["task"] not in KNOWN_TASKS:
     fail(f"{CONFIG_FILES}: budget_curve.task: unknown task '{BUDGET['task']}'")
-check_rows([row for _, _, row in BUDGET_ROWS], f"{CONFIG_FILES}: budget_curve")
+check_rows([row for _, _, row in BUDGET_ROWS] + BUDGET["references"], f"{CONFIG_FILES}: budget_curve")
 
 
 rule budget_curve:
     input:
         rows=[f"{R}/{BUDGET['task']}/{row}/metrics.json" for _, _, row in BUDGET_ROWS],
+        references=[f"{R}/{BUDGET['task']}/{row}/metrics.json" for row in BUDGET["references"]],
     output:
         md=f"{R}/{BUDGET['task']}/budget_curve.md",
         csv=f"{R}/{BUDGET['task']}/budget_curve.csv",
@@ -42,6 +43,7 @@ rule budget_curve:
     params:
         names=[METHODS[m]["name"] for m, _, _ in BUDGET_ROWS],
         budgets=[k for _, k, _ in BUDGET_ROWS],
+        references=[display_name(row) for row in BUDGET["references"]],
         task=BUDGET["task"],
         profile=PROFILE,
     resources:

@@ -13,7 +13,8 @@ def run(sm):
         (name, budget, json.loads(Path(p).read_text()))
         for name, budget, p in zip(sm.params.names, sm.params.budgets, sm.input.rows)
     ]
-    write_budget_curve(sm.params.task, rows, Path(sm.output.md).parent, sm.params.profile)
+    references = [(name, json.loads(Path(p).read_text())) for name, p in zip(sm.params.references, sm.input.references)]
+    write_budget_curve(sm.params.task, rows, Path(sm.output.md).parent, sm.params.profile, references)
 
 
 main(run, snakemake)  # noqa: F821
