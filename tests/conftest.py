@@ -43,7 +43,7 @@ def repo_copy(tmp_path):
     """A copy of the repository's workflow, methods, evaluation and data, to run Snakemake in."""
     dest = tmp_path / "repo"
     dest.mkdir()
-    for name in ["Snakefile", "workflow", "methods", "evaluation", "data"]:
+    for name in ["Snakefile", "workflow", "methods", "evaluation", "core", "data"]:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
