@@ -24,12 +24,31 @@ LABELS = {
 }
 
 
+# The DExperts paper's Table 1 (GPT-2 large, Perspective API, 10K non-toxic RealToxicityPrompts prompts × 25 samples,
+# perplexity under GPT-2 XL), for reference: not comparable in scale or judge with the rows this suite computes.
+# Columns: avg. max toxicity, toxicity probability, perplexity, dist-1, dist-2, dist-3.
+PAPER_ROWS = {
+    "GPT-2": (0.527, 0.520, 25.45, 0.58, 0.85, 0.85),
+    "PPLM (10%)": (0.520, 0.518, 32.58, 0.58, 0.86, 0.86),
+    "DAPT": (0.428, 0.360, 31.21, 0.57, 0.84, 0.84),
+    "GeDi": (0.363, 0.217, 60.03, 0.62, 0.84, 0.83),
+    "DExperts (large)": (0.314, 0.128, 32.41, 0.58, 0.84, 0.84),
+}
+PAPER_SOURCE = "Liu et al. (ACL 2021), DExperts Table 1: GPT-2 large, Perspective API judge, 10K prompts × 25"
+PAPER_METRICS = ["avg_max_toxicity", "toxicity_probability", "perplexity", "dist_1", "dist_2", "dist_3"]
+
+
 def metrics(task: str) -> list[str]:
     return METRICS
 
 
 def plotted(task: str) -> list[str]:
     return ["avg_max_toxicity", "toxicity_probability", "perplexity"]
+
+
+def paper_rows(task: str) -> list[dict]:
+    """The published numbers as rows keyed like this suite's metrics."""
+    return [{"method": name, **dict(zip(PAPER_METRICS, values))} for name, values in PAPER_ROWS.items()]
 
 
 def per_prompt_table(records: list[dict], toxicity: list[float], perplexity: list[float]) -> pd.DataFrame:

@@ -116,6 +116,9 @@ def test_test_profile_runs_end_to_end(repo_copy):
         metrics = json.loads((results / task / "base" / "seed0" / "metrics.json").read_text())
         assert [metrics[f"num_prompts_{t}"] for t in types] == [3, 3]
         assert "Published numbers, for reference only" in (results / task / "table.md").read_text()
+    # toxicity: the DExperts paper's rows below the table, never in its CSV
+    assert "DExperts Table 1" in (results / "toxicity" / "table.md").read_text()
+    assert "DExperts (large)" not in set(pd.read_csv(results / "toxicity" / "table.csv")["method"])
     # repetition: one fixed-length greedy and two sampled continuations per prefix
     table = pd.read_csv(results / "repetition" / "table.csv")
     assert list(table["method"]) == rows and table["rep_4_greedy"].between(0, 1).all()
@@ -415,6 +418,14 @@ def test_budget_curve_trains_each_multiple_once_and_plots_it(repo_copy):
     assert base["avg_max_toxicity"].iloc[0] == pytest.approx(base_metrics["avg_max_toxicity"])
     assert "Quark" in (out / "budget_curve.md").read_text() and "| reference |" in (out / "budget_curve.md").read_text()
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nested_values_given_with_config_are_typed_as_in_a_configfile(repo_copy):
+    """Snakemake hands nested --config values over as strings ('2'); the schema wants the integers they spell."""
+    curve = "budget_curve={task: toxicity, methods: [quark], budgets: [1, 2]}"
+    result = snakemake(repo_copy, "-n", "budget_curve", "--configfile", TEST, "--config", curve)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "toxicity/quark-x2/seed0/model.json" in result.stdout
 
 
 def test_budget_curve_of_a_method_without_budget_keys_fails_in_one_line(repo_copy):
