@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 CONFIG_FILES = ", ".join(str(p) for p in (workflow.overwrite_configfiles or ["workflow/config/config.yaml"]))
@@ -23,6 +23,22 @@ def fail(message):
     sys.exit(1)
 
 
+def typed(value):
+    """Snakemake reads a --config value's nested entries with YAML's BaseLoader, all as strings ('4', 'true'): read
+    each such string as the YAML scalar it spells, as a --configfile would."""
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            scalar = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return value if isinstance(scalar, (dict, list)) or scalar is None else scalar
+    return value
+
+
 def check_config():
     """Validate with jsonschema for a precise one-line message, then let Snakemake fill in the defaults."""
     import jsonschema
@@ -35,6 +51,7 @@ def check_config():
     validate(config, "../schemas/config.schema.yaml")
 
 
+update_config(config, typed(workflow.config_settings.config))
 check_config()
 sys.path.insert(0, workflow.basedir)
 from evaluation.tasks import TASKS as KNOWN_TASKS  # noqa: E402
