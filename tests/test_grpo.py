@@ -28,7 +28,7 @@ from methods.grpo import grpo
 from methods.quark.quark import QuarkConfig
 from tests.conftest import CORPUS, ROOT
 from tests.test_ppo import budget
-from tests.test_resume import scored  # how many samples a counting task's reward scored
+from tests.test_quark_resume import scored  # how many samples a counting task's reward scored
 
 WANTED = list(range(40, 70))  # 30 of ~300 tokens: the random model emits about 10% of them
 PROMPTS = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]

@@ -24,7 +24,7 @@ from core.errors import SuiteError
 from methods.common import checkpoint
 from methods.ppo import ppo
 from tests.conftest import ROOT
-from tests.test_resume import counting_task, scored  # Quark's resume test's task: token_set, counted calls
+from tests.test_quark_resume import counting_task, scored  # Quark's resume test's task: token_set, counted calls
 
 # 2 rounds of 6 prompts x 2 samples, cut into 4 PPO iterations of 6; a checkpoint after every iteration. An adaptive
 # beta with a short horizon and score normalisation from iteration 0: both must come back from the checkpoint.
