@@ -68,6 +68,24 @@ class Packed:
         mask = self.attention_mask if attention_mask is None else attention_mask
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
+    def prefix_lengths(self) -> torch.Tensor:
+        return self.attention_mask[:, : self.prefix_len].sum(1)
+
+    def rows(self, idx: torch.Tensor) -> Packed:
+        """The rows `idx`, less the leading columns that are padding in all of them.
+
+        Completions stay aligned (they start at the new `prefix_len`), so [B, C] tensors of the batch index as before.
+        Rows of similar prompt length, taken together, then cost no compute for the longest prompt of the whole batch.
+        """
+        cut = self.prefix_len - int(self.prefix_lengths()[idx].max())
+        return Packed(
+            self.input_ids[idx, cut:],
+            self.attention_mask[idx, cut:],
+            self.completion_ids[idx],
+            self.completion_mask[idx],
+            self.prefix_len - cut,
+        )
+
 
 def pack(prefixes: list[list[int]], completions: list[list[int]], pad_id: int) -> Packed:
     P = max(len(p) for p in prefixes)

@@ -17,7 +17,7 @@ from core.models import encode_prompts, load_model
 from core.sampling import Sampling, sample
 from methods.common.rewards import get_reward
 from methods.common.task import Task
-from methods.ppo import generate, ppo
+from methods.ppo import generate, losses, ppo
 from methods.quark.quark import QuarkConfig
 from tests.conftest import CORPUS, ROOT
 
@@ -40,7 +40,7 @@ def test_gae_matches_a_brute_force_sum_over_each_sequence():
     lengths, width, gamma, lam = [5, 3, 1, 0, 5], 5, 0.9, 0.8
     mask = ragged_mask(lengths, width)
     rewards, values = torch.randn(len(lengths), width), torch.randn(len(lengths), width)
-    advantages, returns = ppo.gae(rewards * mask, values, mask, gamma, lam)
+    advantages, returns = losses.gae(rewards * mask, values, mask, gamma, lam)
     for i, n in enumerate(lengths):
         r, v = rewards[i, :n].tolist(), values[i, :n].tolist() + [0.0]  # the value after the last token is 0
         deltas = [r[t] + gamma * v[t + 1] - v[t] for t in range(n)]
@@ -54,7 +54,7 @@ def test_gae_matches_a_brute_force_sum_over_each_sequence():
 def test_gae_with_lambda_one_and_no_discount_gives_reward_to_go():
     mask = ragged_mask([4, 2], 4)
     rewards = torch.tensor([[0.1, -0.2, 0.0, 1.0], [0.5, 2.0, 0.0, 0.0]])
-    advantages, returns = ppo.gae(rewards, torch.zeros(2, 4), mask, 1.0, 1.0)
+    advantages, returns = losses.gae(rewards, torch.zeros(2, 4), mask, 1.0, 1.0)
     assert torch.allclose(returns, torch.tensor([[0.9, 0.8, 1.0, 1.0], [2.5, 2.0, 0.0, 0.0]]))
     assert torch.allclose(advantages, returns)
 
@@ -64,7 +64,7 @@ def test_kl_penalty_is_per_token_and_the_score_lands_on_each_sequences_last_toke
     logprobs = torch.tensor([[-1.0, -2.0, -0.5, -9.0], [-0.3, -9.0, -9.0, -9.0], [-1.0, -1.0, -1.0, -1.0]])
     ref_logprobs = torch.tensor([[-1.5, -1.0, -0.5, 0.0], [-0.1, 0.0, 0.0, 0.0], [-2.0, -2.0, -2.0, -3.0]])
     scores = torch.tensor([0.7, -0.4, 0.2])
-    rewards, kl = ppo.kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.1)
+    rewards, kl = losses.kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.1)
     expected_kl = torch.tensor([[0.5, -1.0, 0.0, 0.0], [-0.2, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 2.0]])
     expected = -0.1 * expected_kl
     expected[0, 2] += 0.7
@@ -77,8 +77,8 @@ def test_whiten_standardises_the_masked_entries_and_can_keep_the_mean():
     mask = ragged_mask([3, 2], 3)
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 99.0]])
     valid = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
-    white = ppo.whiten(x, mask)
-    kept = ppo.whiten(x, mask, shift_mean=False)
+    white = losses.whiten(x, mask)
+    kept = losses.whiten(x, mask, shift_mean=False)
     expected = (valid - valid.mean()) / valid.std(unbiased=False)
     assert torch.allclose(white[mask.bool()], expected, atol=1e-5) and white[1, 2] == 0
     assert torch.allclose(kept[mask.bool()], expected + 3.0, atol=1e-5)
@@ -94,7 +94,7 @@ def test_clipped_surrogate_and_value_loss_on_hand_made_numbers():
     values = torch.tensor([[0.5, 0.5, -0.1, 0.0]], requires_grad=True)
     returns = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
     mask = torch.ones(1, 4)
-    loss, stats = ppo.ppo_loss(
+    loss, stats = losses.ppo_loss(
         logprobs,
         values,
         old_logprobs,
@@ -131,7 +131,7 @@ def test_padding_tokens_do_not_count_in_the_loss():
         torch.tensor([[1.0, -1.0, 50.0]]),
         torch.tensor([[0.2, 0.2, -50.0]]),
     ]
-    loss, stats = ppo.ppo_loss(*args, mask, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    loss, stats = losses.ppo_loss(*args, mask, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
     assert loss.item() == pytest.approx(0.0) and stats["clipfrac"] == 0
 
 

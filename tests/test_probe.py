@@ -17,7 +17,8 @@ from core.sampling import Sampling, sample
 from methods.common.probe import concordance, sequence_logprobs
 from methods.common.rewards import get_reward
 from methods.common.task import Task
-from methods.quark import quark
+from methods.quark import quark, state
+from methods.quark.generation import generate
 from methods.quark.pool import PROBE_ROUND, Pool
 from tests.conftest import CORPUS
 
@@ -92,7 +93,7 @@ def test_a_trained_quark_model_shows_its_dial_on_held_out_prompts(tiny, tmp_path
 
     # the dial steers sampling too: the best token's samples beat the worst token's on the held-out prompts
     model, tok = load_model(model_dir)
-    meta = json.loads((model_dir / quark.META_FILE).read_text())
+    meta = json.loads((model_dir / state.META_FILE).read_text())
     held_out = encode_prompts(tok, sorted({s.prompt for s in probe_set}), 32)
     scores = {}
     for k in (0, len(meta["reward_token_ids"]) - 1):
@@ -105,17 +106,17 @@ def test_a_trained_quark_model_shows_its_dial_on_held_out_prompts(tiny, tmp_path
 
 
 def test_the_reward_token_goes_before_the_prompt_or_right_after_it(tiny, tmp_path, monkeypatch):
-    assert quark.place_token([5, 6, 7], 99, "start") == [99, 5, 6, 7]
-    assert quark.place_token([5, 6, 7], 99, "end") == [5, 6, 7, 99]
+    assert state.place_token([5, 6, 7], 99, "start") == [99, 5, 6, 7]
+    assert state.place_token([5, 6, 7], 99, "end") == [5, 6, 7, 99]
     path, _, _ = tiny
     prompts = [Prompt(f"p{i}", t, {}) for i, t in enumerate(CORPUS[:4])]
     task = Task("synthetic", prompts, get_reward("token_set", token_ids=[40]), Sampling(max_new_tokens=2))
     hparams = dict(num_rounds=1, steps_per_round=1, batch_size=2, token_position="end")
     model_dir = quark.train(task, path, tmp_path / "run", hparams, seed=0, device="cpu")
     seen = {}
-    monkeypatch.setattr(quark, "generate_jsonl", lambda *args, **kwargs: seen.update(kwargs))
-    quark.generate(model_dir, prompts, 1, Sampling(), tmp_path / "out.jsonl", seed=0, device="cpu")
-    ids = json.loads((model_dir / quark.META_FILE).read_text())["reward_token_ids"]
+    monkeypatch.setattr("methods.quark.generation.generate_jsonl", lambda *args, **kwargs: seen.update(kwargs))
+    generate(model_dir, prompts, 1, Sampling(), tmp_path / "out.jsonl", seed=0, device="cpu")
+    ids = json.loads((model_dir / state.META_FILE).read_text())["reward_token_ids"]
     assert seen["suffix_ids"] == [ids[0]] and "prefix_ids" not in seen
     with pytest.raises(SuiteError, match="'token_position' must be 'start' or 'end', not 'middle'"):
         quark.train(task, path, tmp_path / "bad", {**hparams, "token_position": "middle"}, seed=0, device="cpu")

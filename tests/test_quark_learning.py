@@ -12,7 +12,8 @@ from core.sampling import Sampling, sample
 from methods.common.kl import KLController
 from methods.common.rewards import get_reward
 from methods.common.task import Task
-from methods.quark import quark
+from methods.quark import quark, state
+from methods.quark.pool import Pool
 from tests.conftest import CORPUS
 
 
@@ -37,7 +38,7 @@ def test_quark_raises_the_reward_of_best_token_samples(tiny, tmp_path):
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     round0 = stats["rounds"][0]["explore_reward"]
     model, tok = load_model(model_dir)
-    meta = json.loads((model_dir / quark.META_FILE).read_text())
+    meta = json.loads((model_dir / state.META_FILE).read_text())
     ids = encode_prompts(tok, [p.text for p in prompts], 32)
     prefixes = [[meta["reward_token_ids"][0]] + p for p in ids for _ in range(5)]
     completions = sample(model, tok, prefixes, Sampling(max_new_tokens=8), meta["reward_token_ids"])
@@ -63,7 +64,7 @@ def test_unscored_samples_are_dropped_and_counted_never_scored_zero(tiny, tmp_pa
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     assert stats["dropped_unscored"] == 12  # 2 rounds x 12 samples, half unscored
     assert [r["pool_size"] for r in stats["rounds"]] == [6, 12]
-    pool = quark.Pool(tmp_path / "run" / "pool.sqlite")
+    pool = Pool(tmp_path / "run" / "pool.sqlite")
     assert {s.reward for s in pool.samples()} == {0.5}
 
 

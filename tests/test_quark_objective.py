@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from core.sampling import completion_logits, pack
-from methods.quark.quark import add_reward_tokens, quark_loss
+from methods.quark import state
+from methods.quark.quark import quark_loss
+from methods.quark.state import add_reward_tokens
 
 
 def test_kl_and_entropy_match_brute_force_per_token():
@@ -124,7 +126,7 @@ def test_reward_token_rows_take_the_scaled_step(tiny, tmp_path):
             num_rounds=1, steps_per_round=1, batch_size=8, lr=lr, warmup_steps=0, reward_token_lr_scale=scale
         )
         model_dir = quark.train(task, path, tmp_path / f"{lr}-{scale}", hparams, seed=0, device="cpu")
-        ids = json.loads((model_dir / quark.META_FILE).read_text())["reward_token_ids"]
+        ids = json.loads((model_dir / state.META_FILE).read_text())["reward_token_ids"]
         rows[lr, scale] = load_model(model_dir)[0].get_input_embeddings().weight[ids].detach()
     initial, step = rows[0.0, 1.0], rows[1e-3, 1.0] - rows[0.0, 1.0]
     assert step.abs().max() > 1e-4  # one AdamW step moved the rows

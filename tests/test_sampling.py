@@ -8,7 +8,8 @@ from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWar
 
 from core.data import Prompt, read_jsonl
 from core.sampling import Sampling, _draw, _trim, sample, sample_generate
-from methods.quark import quark
+from methods.quark import state
+from methods.quark.generation import generate
 
 
 def test_suppressed_tokens_are_never_sampled(tiny):
@@ -33,11 +34,11 @@ def _quark_model(tiny, tmp_path):
     import copy
 
     tok, mdl = copy.deepcopy(tokenizer), copy.deepcopy(model)
-    ids = quark.add_reward_tokens(mdl, tok, 5)
+    ids = state.add_reward_tokens(mdl, tok, 5)
     out = tmp_path / "quark_model"
     mdl.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / quark.META_FILE).write_text(json.dumps({"reward_token_ids": ids, "best_quantile": 0}))
+    (out / state.META_FILE).write_text(json.dumps({"reward_token_ids": ids, "best_quantile": 0}))
     return out, ids
 
 
@@ -53,7 +54,7 @@ def test_generation_conditions_on_the_chosen_quantile(tiny, tmp_path, monkeypatc
     monkeypatch.setattr("methods.common.generate.sample", spy)
     prompts = [Prompt("a", "the cat", {}), Prompt("b", "a dog", {})]
     for quantile, expected in [("best", ids[0]), ("worst", ids[4]), (2, ids[2])]:
-        quark.generate(
+        generate(
             out, prompts, 3, Sampling(max_new_tokens=4), tmp_path / "g.jsonl", seed=0, device="cpu", quantile=quantile
         )
         assert seen["first"] == {expected}

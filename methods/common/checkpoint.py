@@ -10,8 +10,9 @@ directory, which the next start removes. The newest `keep` complete checkpoints 
 
 Any trainer adopts it in three calls: `Checkpoints(root, kind).latest()` at start-up, `.load(path)` to restore,
 and `.save(step, tensors, objects, state)` at the points it wants to resume from; `rng_state`/`set_rng_state`
-capture every RNG and `ensure_writable` fails early on a read-only results directory (see methods/quark/quark.py);
-`claim_run`/`finish_run` keep the run.json that says which run the checkpoints belong to (methods/ppo/ppo.py).
+capture every RNG and `ensure_writable` fails early on a read-only results directory; `claim_run`/`finish_run`
+keep the run.json that says which run the checkpoints belong to. methods/common/trainer.py (`Resumable`) puts them
+together for Quark and PPO.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -29,3 +32,18 @@ def add_control_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             old = weight[:old_rows]
             weight[old_rows:] = old.mean(0) + old.std(0) * torch.randn(len(names), weight.shape[1], dtype=weight.dtype)
     return tokenizer.convert_tokens_to_ids(names)
+
+
+@contextlib.contextmanager
+def rows_step_scaled(weight: torch.Tensor, ids: list[int], scale: float) -> Iterator[None]:
+    """Around an optimizer step: the rows `ids` of `weight` move `scale` times as far as the step moved them.
+
+    AdamW's step is invariant to the gradient's scale, so only a larger step lets new control-token rows leave their
+    random start within a short run (Quark's `reward_token_lr_scale`)."""
+    if scale == 1.0:
+        yield
+        return
+    before = weight[ids].detach().clone()
+    yield
+    with torch.no_grad():
+        weight[ids] = before + scale * (weight[ids] - before)

@@ -17,7 +17,6 @@ settings (`run.json`, methods/common/checkpoint.py) passes the newest complete `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -44,11 +43,11 @@ from core.models import encode_prompts, load_model
 from methods.common.checkpoint import claim_run, finish_run
 from methods.common.rewards import Reward, score_rewards
 from methods.common.task import Task
+from methods.common.trainer import run_identity
 
 SOURCE = "methods/grpo/method.yaml"
 MIN_TRL = "1.16"  # the TRL this was written and tested against; SuiteGRPOTrainer overrides its private hooks
 COUNTS_FILE = "suite_counts.json"  # in each TRL checkpoint: the reward's counts and the seconds so far
-RESUMABLE_CHANGES = ("save_steps", "keep_checkpoints")  # may change between a crash and the restart
 
 
 @dataclass
@@ -321,13 +320,6 @@ def latest_checkpoint(trl_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def identity(cfg: GRPOHparams, task: Task, seed: int) -> dict:
-    """What a run directory's checkpoints belong to: every setting but how often they are written and kept."""
-    config = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
-    prompts = hashlib.sha256(json.dumps([[p.id, p.text] for p in task.train_prompts]).encode()).hexdigest()
-    return {"seed": seed, "task": task.name, "config": config, "prompts_sha256": prompts}
-
-
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     """Run GRPO for the profile's scored-sample budget; write out_dir/model (plain transformers) and train_stats.json.
 
@@ -335,7 +327,7 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     """
     cfg = from_dict(GRPOHparams, hparams, SOURCE)
     out_dir, trl_dir = Path(out_dir), Path(out_dir) / "trl"
-    resume = claim_run(out_dir, identity(cfg, task, seed), "GRPO")
+    resume = claim_run(out_dir, run_identity(cfg, task, seed), "GRPO")
     checkpoint = latest_checkpoint(trl_dir) if resume else None
     if not resume:
         shutil.rmtree(trl_dir, ignore_errors=True)

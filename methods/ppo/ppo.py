@@ -23,12 +23,9 @@ where an uninterrupted one does.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,144 +38,21 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup, set_s
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from core.config import from_dict_for_task
-from core.data import atomic_output, write_json
+from core.data import atomic_output
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import Packed, completion_logits, pack, sample
-from methods.common.checkpoint import Checkpoints, claim_run, finish_run, rng_state, set_rng_state
+from methods.common.checkpoint import Checkpoints
 from methods.common.kl import KLController, masked_mean
 from methods.common.rollout import score_completions
 from methods.common.speed import adamw
 from methods.common.task import Task
+from methods.common.trainer import Resumable, run_identity
+from methods.ppo.config import SOURCE, PPOConfig
+from methods.ppo.losses import gae, kl_penalised_rewards, ppo_loss, whiten
 
-SOURCE = "methods/ppo/method.yaml"
 META_FILE = "ppo.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
-RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints")  # may change between a crash and the restart
-
-
-@dataclass
-class PPOConfig:
-    num_rounds: int = field(default=46, metadata={"help": "rounds; each draws prompts_per_round prompts (as Quark's)"})
-    prompts_per_round: int | None = field(
-        default=None, metadata={"help": "train prompts sampled each round (None: all)"}
-    )
-    samples_per_prompt: int = field(default=1, metadata={"help": "completions sampled per prompt per round"})
-    rollout_batch_size: int | None = field(
-        default=512, metadata={"help": "scored samples per PPO iteration (None: the whole round; Ziegler: 512)"}
-    )
-    minibatch_size: int = field(
-        default=512, metadata={"help": "sequences per optimizer step (Ziegler: the whole rollout batch)"}
-    )
-    micro_batch_size: int = field(default=64, metadata={"help": "sequences per forward/backward (memory bound)"})
-    ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
-    lr: float = field(default=1e-5, metadata={"help": "AdamW peak learning rate, decayed linearly to 0"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up optimizer steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float | None = field(default=None, metadata={"help": "gradient-norm bound (None: no clipping)"})
-    kl_coef: float = field(default=0.15, metadata={"help": "initial beta, the per-token KL penalty in the reward"})
-    adaptive_kl: bool = field(default=True, metadata={"help": "adapt beta towards target_kl (Ziegler et al. 2019)"})
-    target_kl: float = field(default=6.0, metadata={"help": "target KL to the reference per sequence, in nats"})
-    horizon: float = field(default=10000.0, metadata={"help": "horizon of the adaptive KL controller, in samples"})
-    gamma: float = field(default=1.0, metadata={"help": "discount"})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
-    cliprange: float = field(default=0.2, metadata={"help": "epsilon of the clipped policy surrogate"})
-    cliprange_value: float = field(default=0.2, metadata={"help": "how far a value may move from its rollout value"})
-    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
-    normalize_scores: bool = field(
-        default=True, metadata={"help": "standardise scores by the initial policy's mean and std (first batch)"}
-    )
-    whiten_rewards: bool = field(
-        default=True, metadata={"help": "scale per-token rewards to unit variance per rollout batch (mean kept)"}
-    )
-    max_prompt_tokens: int = field(default=64, metadata={"help": "prompts are cut from the left to this length"})
-    sample_batch_size: int = field(default=64, metadata={"help": "sequences per generate() call in rollouts"})
-    forward_batch_size: int = field(default=64, metadata={"help": "sequences per no-grad forward in rollouts"})
-    bf16: bool = field(
-        default=False, metadata={"help": "bfloat16 autocast for forward passes (fast on CPUs with AVX-512 BF16)"}
-    )
-    checkpoint_every: int | None = field(
-        default=1, metadata={"help": "checkpoint every N PPO iterations, to resume from after a crash (None: never)"}
-    )
-    keep_checkpoints: int = field(default=2, metadata={"help": "newest complete checkpoints kept while training"})
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The loss terms, on [B, C] tensors over completion tokens; `mask` is 1 where a token exists (completions right-padded).
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Scale to unit variance over the masked entries; subtract the mean too unless `shift_mean` is False."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
-    return (out if shift_mean else out + mean) * mask
-
-
-def kl_penalised_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards -beta * (log pi - log p0), with each sequence's score [B] added at its last token.
-
-    Returns (rewards, kl), both [B, C] and zero on padding; kl is the sampled per-token KL estimate.
-    """
-    kl = (logprobs - ref_logprobs) * mask
-    rewards = -kl_coef * kl
-    lengths = mask.sum(1).long()
-    last = (lengths - 1).clamp(min=0)
-    rewards[torch.arange(len(scores)), last] += scores * (lengths > 0)
-    return rewards, kl
-
-
-def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimates and returns, [B, C]; the value after a sequence's last token is 0."""
-    rewards, values = rewards * mask, values * mask  # padding then adds nothing, and V after the end is 0
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-    advantages = advantages * mask
-    return advantages, advantages + values
-
-
-def ppo_loss(
-    logprobs: torch.Tensor,
-    values: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    old_values: torch.Tensor,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    cliprange: float,
-    cliprange_value: float,
-    vf_coef: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped policy surrogate plus vf_coef times the clipped value loss, masked means over completion tokens."""
-    ratio = torch.exp((logprobs - old_logprobs) * mask)  # 1 on padding, whatever sits there
-    pg_losses = -advantages * ratio
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    pg_loss = masked_mean(torch.max(pg_losses, pg_losses_clipped), mask)
-    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    vf_losses = (values - returns) ** 2
-    vf_losses_clipped = (values_clipped - returns) ** 2
-    vf_loss = 0.5 * masked_mean(torch.max(vf_losses, vf_losses_clipped), mask)
-    loss = pg_loss + vf_coef * vf_loss
-    stats = {
-        "policy_loss": pg_loss.item(),
-        "value_loss": vf_loss.item(),
-        "clipfrac": masked_mean((pg_losses_clipped > pg_losses).float(), mask).item(),
-        "value_clipfrac": masked_mean((vf_losses_clipped > vf_losses).float(), mask).item(),
-        "approx_kl": 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask).item(),
-    }
-    return loss, stats
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 class ValueHead(nn.Module):
@@ -209,26 +83,6 @@ def policy_forward(policy: PreTrainedModel, value_head: ValueHead, packed: Packe
     logits = out.logits[:, :-1].float()
     values = value_head(out.hidden_states[-1][:, -(C + 1) : -1])
     return selective_log_softmax(logits, packed.completion_ids), values, logits
-
-
-def prefix_lengths(packed: Packed) -> torch.Tensor:
-    return packed.attention_mask[:, : packed.prefix_len].sum(1)
-
-
-def rows(packed: Packed, idx: torch.Tensor) -> Packed:
-    """The rows `idx` of a packed batch, less the leading columns that are padding in all of them.
-
-    Completions stay aligned (they start at the new `prefix_len`), so [B, C] tensors of the batch index as before.
-    Rows of similar prompt length, taken together, then cost no compute for the longest prompt of the whole batch.
-    """
-    cut = packed.prefix_len - int(prefix_lengths(packed)[idx].max())
-    return Packed(
-        packed.input_ids[idx, cut:],
-        packed.attention_mask[idx, cut:],
-        packed.completion_ids[idx],
-        packed.completion_mask[idx],
-        packed.prefix_len - cut,
-    )
 
 
 def plan_batches(cfg: PPOConfig, num_prompts: int, seed: int) -> list[tuple[int, list[int]]]:
@@ -265,14 +119,16 @@ def iteration_rng(seed: int, it: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, it])
 
 
-class Trainer:
+class Trainer(Resumable):
     """Holds the policy, its value head, the frozen reference, the KL controller and the checkpoints; `rollout` then
     `learn` is one PPO iteration."""
+
+    method, resumed = "PPO", ("iteration", "score_norm", "stats")
 
     def __init__(self, task: Task, base_model: Path, out_dir: Path, cfg: PPOConfig, seed: int, device: str):
         self.task, self.cfg, self.seed, self.out_dir, self.device = task, cfg, seed, Path(out_dir), device
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", "ppo", cfg.keep_checkpoints)
-        resume = self.open_run()  # before the models load: a run directory that cannot be resumed fails at once
+        resume = self.open_run(run_identity(cfg, task, seed))  # before the models load: a bad run directory fails now
         self.policy, self.tokenizer = load_model(base_model, device)  # eval mode: no dropout, ratios start at 1
         self.ref, _ = load_model(base_model, device)
         self.ref.requires_grad_(False)
@@ -303,70 +159,12 @@ class Trainer:
             self.restore(resume)
         self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
 
-    # ---- the run directory: resume a run with these settings, refuse one with others ----
-
-    def identity(self) -> dict:
-        config = {k: v for k, v in asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
-        prompts = hashlib.sha256(json.dumps([[p.id, p.text] for p in self.task.train_prompts]).encode()).hexdigest()
-        return {"seed": self.seed, "task": self.task.name, "config": config, "prompts_sha256": prompts}
-
-    def open_run(self) -> Path | None:
-        """The checkpoint to resume from (None: start afresh); an unfinished run with other settings is an error."""
-        resume = claim_run(self.out_dir, self.identity(), "PPO")
-        for stale in [*self.out_dir.glob("model.tmp*"), *self.out_dir.glob("value_head.tmp*")]:  # a save cut short
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
-        if not resume:
-            self.checkpoints.clear()
-            return None
-        latest = self.checkpoints.latest()
-        if latest is not None:
-            self.checkpoints.check(latest)
-        tqdm.write(f"{self.out_dir}: resuming from {latest or 'the start'}")
-        return latest
-
     def trainable(self) -> dict[str, torch.Tensor]:
         """Every trained tensor by checkpoint name: the policy's parameters and the value head's."""
         return {
             **{f"policy.{n}": p for n, p in self.policy.named_parameters()},
             **{f"value_head.{n}": p for n, p in self.value_head.named_parameters()},
         }
-
-    def save_checkpoint(self) -> None:
-        rng_tensors, rng_plain = rng_state()
-        objects = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_tensors,
-        }
-        state = {
-            "iteration": self.iteration,
-            "kl_coef": self.kl_ctl.value,
-            "score_norm": self.score_norm,
-            "stats": self.stats,
-            "rng": rng_plain,
-        }
-        self.checkpoints.save(self.iteration, self.trainable(), objects, state)
-
-    def restore(self, path: Path) -> None:
-        tensors, objects, state = self.checkpoints.load(path)
-        params = self.trainable()
-        if set(tensors) != set(params):
-            raise SuiteError(
-                f"{path}/weights.safetensors: its tensors do not match this model's; "
-                f"move {self.out_dir} away to start afresh"
-            )
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(tensors[name])
-        self.optimizer.load_state_dict(objects["optimizer"])
-        self.scheduler.load_state_dict(objects["scheduler"])
-        set_rng_state(objects["rng"], state["rng"])
-        self.kl_ctl.value, self.iteration, self.stats = state["kl_coef"], state["iteration"], state["stats"]
-        self.score_norm = None if state["score_norm"] is None else tuple(state["score_norm"])
-        self.stats["resumed_from"].append(path.name)
 
     # ---- one PPO iteration ----
 
@@ -412,9 +210,9 @@ class Trainer:
         packed = packed.to(self.device)
         mask = packed.completion_mask.float()
         logprobs, values, ref_logprobs, entropy = (torch.zeros_like(mask) for _ in range(4))
-        by_length = torch.argsort(prefix_lengths(packed), stable=True)
+        by_length = torch.argsort(packed.prefix_lengths(), stable=True)
         for idx in tqdm(by_length.split(cfg.forward_batch_size), desc=f"iteration {it}: scoring tokens", leave=False):
-            batch = rows(packed, idx)
+            batch = packed.rows(idx)
             with self.autocast():
                 logprobs[idx], values[idx], logits = policy_forward(self.policy, self.value_head, batch)
                 ref_logprobs[idx] = selective_log_softmax(
@@ -444,7 +242,7 @@ class Trainer:
     def learn(self, batch: Rollout, rng: np.random.Generator) -> dict[str, float]:
         cfg, n = self.cfg, len(batch.mask)
         started, history = time.perf_counter(), []
-        lengths = prefix_lengths(batch.packed)
+        lengths = batch.packed.prefix_lengths()
         minibatches = [
             mb for _ in range(cfg.ppo_epochs) for mb in torch.from_numpy(rng.permutation(n)).split(cfg.minibatch_size)
         ]
@@ -455,7 +253,7 @@ class Trainer:
             for micro in minibatch.split(cfg.micro_batch_size):
                 mask = batch.mask[micro]
                 with self.autocast():
-                    logprobs, values, _ = policy_forward(self.policy, self.value_head, rows(batch.packed, micro))
+                    logprobs, values, _ = policy_forward(self.policy, self.value_head, batch.packed.rows(micro))
                 loss, stats = ppo_loss(
                     logprobs,
                     values,
@@ -513,29 +311,15 @@ class Trainer:
             )
             self.iteration = it + 1
             if every and self.iteration % every == 0 and self.iteration < total:  # the last one: the model instead
-                self.save_checkpoint()
+                self.save_checkpoint(self.iteration)
         return self.save()
 
     def save(self) -> Path:
-        """Write the model and value head whole, the statistics, mark the run finished, then retire the checkpoints."""
-        model_dir = self.out_dir / "model"
-        try:
-            with atomic_output(model_dir) as tmp:
-                self.policy.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-                write_json(
-                    tmp / META_FILE,
-                    {"final_kl_coef": self.kl_ctl.value, "score_norm": self.score_norm, "config": asdict(self.cfg)},
-                )
-            with atomic_output(self.out_dir / VALUE_HEAD_FILE) as tmp:
-                save_file(self.value_head.state_dict(), str(tmp))
-            s = self.stats
-            s["explore_tokens_per_second"] = s["explore_tokens"] / max(s["explore_seconds"], 1e-9)
-            s["train_sequences_per_second"] = s["train_sequences"] / max(s["train_seconds"], 1e-9)
-            write_json(self.out_dir / "train_stats.json", s)
-            finish_run(self.out_dir)
-        except OSError as exc:
-            raise SuiteError(f"could not write the model to {model_dir} ({exc.strerror or exc})") from None
+        """Write the model and the value head whole, the statistics, mark the run finished, retire the checkpoints."""
+        with atomic_output(self.out_dir / VALUE_HEAD_FILE) as tmp:
+            save_file(self.value_head.state_dict(), str(tmp))
+        meta = {"final_kl_coef": self.kl_ctl.value, "score_norm": self.score_norm, "config": asdict(self.cfg)}
+        model_dir = self.save_model(self.policy, self.tokenizer, META_FILE, meta)
         self.writer.close()
         self.checkpoints.clear()
         return model_dir
@@ -545,18 +329,4 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     """Train the policy with PPO on the task's reward; return the saved model directory (value head beside it)."""
     set_seed(seed)
     cfg = from_dict_for_task(PPOConfig, hparams, task.name, SOURCE)
-    for name in (
-        "num_rounds",
-        "samples_per_prompt",
-        "minibatch_size",
-        "micro_batch_size",
-        "ppo_epochs",
-        "sample_batch_size",
-        "forward_batch_size",
-        "keep_checkpoints",
-    ):
-        if getattr(cfg, name) < 1:
-            raise SuiteError(f"{SOURCE}: {name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
-        raise SuiteError(f"{SOURCE}: checkpoint_every must be at least 1 or null, got {cfg.checkpoint_every}")
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()

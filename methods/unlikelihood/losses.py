@@ -13,7 +13,7 @@ summed loss by the number of target tokens).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -86,3 +86,13 @@ def sequence_unlikelihood(
     """
     token_logprobs = logprobs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     return -(1.0 - token_logprobs.exp()).clamp(min=SEQUENCE_MIN).log() * candidates
+
+
+def unlikelihood_term(packed: Packed, level: str, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The [B, C] unlikelihood terms of a batch as a function of the policy's [B, C, V] log-probabilities: 'token'
+    (previous-context candidates, Welleck et al.) or 'sequence' (tokens in an n-gram repeated in the completion).
+    Quark + UL adds it to Quark's loss; a control token in the prefix has an id >= V, so it is never a candidate."""
+    if level == "token":
+        return lambda logprobs: token_unlikelihood(logprobs, packed)
+    candidates = ngram_candidates(packed, n)
+    return lambda logprobs: sequence_unlikelihood(logprobs, packed.completion_ids, candidates)

@@ -109,7 +109,8 @@ def sampling_worker(torch, args, variant: str) -> dict:
 
 def quark_worker(torch, args, variant: str, bf16: bool) -> dict:
     from core.sampling import completion_logits, pack
-    from methods.quark.quark import add_reward_tokens, quark_loss
+    from methods.quark.quark import quark_loss
+    from methods.quark.state import add_reward_tokens
 
     policy, tokenizer = load(args.model)
     ref = load(args.model)[0].requires_grad_(False)
@@ -139,7 +140,8 @@ def quark_worker(torch, args, variant: str, bf16: bool) -> dict:
 
 def ppo_worker(torch, args, variant: str, bf16: bool) -> dict:
     from core.sampling import pack
-    from methods.ppo.ppo import ValueHead, policy_forward, ppo_loss, rows
+    from methods.ppo.losses import ppo_loss
+    from methods.ppo.ppo import ValueHead, policy_forward
 
     policy, tokenizer = load(args.model)
     head = ValueHead(policy.config.hidden_size)
@@ -154,7 +156,7 @@ def ppo_worker(torch, args, variant: str, bf16: bool) -> dict:
         optimizer.zero_grad(set_to_none=True)
         for micro in torch.arange(n).split(n // 2):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logprobs, values, _ = policy_forward(policy, head, rows(packed, micro))
+                logprobs, values, _ = policy_forward(policy, head, packed.rows(micro))
             mask = packed.completion_mask[micro]
             loss, _ = ppo_loss(
                 logprobs, values, old[micro], returns[micro], advantages[micro], returns[micro], mask, 0.2, 0.2, 0.1
