@@ -65,14 +65,19 @@ def _checked(value, hint, key: str, source: str):
     raise SuiteError(f"{source}: hyperparameter '{key}' must be {names}, not {value!r}")
 
 
-def from_dict_for_task(cls: type[T], values: dict, task: str, source: str) -> T:
-    """`from_dict` after merging `values["per_task"][task]` over the other values.
+def for_task(levels: list[dict | None], task: str | None, source: str) -> dict:
+    """One task's hyperparameters: each level (a method.yaml profile, then a config's `hparams.<method>`) over the
+    ones before it, and each level's `per_task[task]` over that level. The DAG merges once, here; a method's train()
+    receives the merged values.
 
-    Budgets that must differ by task live there: a repetition completion is three times as long as a toxicity one,
-    so the same number of samples costs three times the time.
+    Budgets that must differ by task live under `per_task`: a repetition completion is three times as long as a
+    toxicity one, so the same number of samples costs three times the time.
     """
-    values = dict(values)
-    per_task = values.pop("per_task", None) or {}
-    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
-        raise SuiteError(f"{source}: 'per_task' must map task names to hyperparameters")
-    return from_dict(cls, {**values, **per_task.get(task, {})}, source)
+    merged = {}
+    for level in levels:
+        level = dict(level or {})
+        per_task = level.pop("per_task", None) or {}
+        if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+            raise SuiteError(f"{source}: 'per_task' must map task names to hyperparameters")
+        merged |= level | per_task.get(task, {})
+    return merged

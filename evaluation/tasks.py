@@ -26,6 +26,9 @@ class TaskSpec:
     needs_scorer: bool = True  # repetition is measured on the text itself
 
 
+EVAL_FRACTION = 0.25  # repetition: the share of WikiText articles held out for evaluation when one file holds both
+
+
 def rtp_corpus(path: str | Path, **_) -> list[Text]:
     """Prompts and continuations of a RealToxicityPrompts file, scored 1 - their Perspective toxicity."""
     texts = []
@@ -101,14 +104,16 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def wikitext_train_articles(train_path: str | Path, holds_out: bool, eval_fraction: float = 0.25) -> list[list[str]]:
+def wikitext_train_articles(
+    train_path: str | Path, holds_out: bool, eval_fraction: float = EVAL_FRACTION
+) -> list[list[str]]:
     """The articles training may see: the whole file, or all but its last `eval_fraction` where those evaluate."""
     articles = wikitext_articles(train_path)
     return split_articles(articles, eval_fraction)[0] if holds_out else articles
 
 
 def wikitext_splits(
-    train_path: str | Path, eval_path: str | Path, eval_fraction: float = 0.25
+    train_path: str | Path, eval_path: str | Path, eval_fraction: float = EVAL_FRACTION
 ) -> tuple[list[list[str]], list[list[str]]]:
     """Training and evaluation articles. Two files (WikiText-103's train and test splits) are each used whole; one
     file (the shipped validation split) is split, its last `eval_fraction` of articles held out for evaluation."""
@@ -135,7 +140,7 @@ def wikitext_prefixes(
     return prompts
 
 
-def wikitext_corpus(path: str | Path, eval_fraction: float = 0.25, holds_out: bool = True, **_) -> list[Text]:
+def wikitext_corpus(path: str | Path, eval_fraction: float = EVAL_FRACTION, holds_out: bool = True, **_) -> list[Text]:
     """Paragraphs of the training articles, scored by their own diversity (the repetition reward). The evaluation
     articles are left out where the eval prompts come from the same file (`holds_out`)."""
     train = wikitext_train_articles(path, holds_out, eval_fraction)

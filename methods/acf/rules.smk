@@ -32,6 +32,28 @@ def acf_rounds(w):
     return f"{R}/{w.task}/acf/seed{w.seed}/rounds"
 
 
+def acf_job_inputs(kind):
+    """The files job `kind` of round i reads, as methods/acf/schedule.py plans them (the job finds them itself; the
+    DAG needs them to order the jobs)."""
+
+    def inputs(w):
+        s, rounds, i = acf_schedule(w), acf_rounds(w), int(w.i)
+        lm = lambda j: str(lm_path(rounds, j, ACF_BASE))
+        if kind == "sample":
+            return {"model": lm(s.sample_from(i))}
+        if kind == "lm":
+            r, samples = r_path(rounds, s.lm_r(i)), samples_path(rounds, s.lm_samples(i))
+            return {"init": lm(i - 1), "r": str(r), "samples": str(samples)}
+        files = {"samples": str(samples_path(rounds, s.r_data(i)))}
+        if s.r_init(i) is not None:
+            files["init"] = str(r_path(rounds, s.r_init(i)))
+        if acf_config(w.task).consistency_coef:
+            files["sampler"] = lm(s.sample_from(s.r_data(i)))
+        return files
+
+    return inputs
+
+
 def acf_threads(kind):
     """Jobs that run side by side split the cores (the LM job, the heaviest, takes the remainder), one core at least
     each (with fewer cores than jobs, Snakemake runs them in turn); a lone job takes all."""
@@ -50,18 +72,20 @@ def acf_torch_threads(kind):
     return lambda w: max(1, min(os.cpu_count() or 1, (os.cpu_count() or 1) * threads(w) // job_cores()))
 
 
-def acf_params():
-    return dict(
+def acf_params(job):
+    """What methods/acf/jobs.py's `job` reads; only sampling jobs score, so only they load the scorer."""
+    params = dict(
+        job=f"methods.acf.jobs:{job}",
         hparams=lambda w: hparams("acf", w.task),
-        reward=lambda w: config["reward"][w.task],
         sampling=lambda w: train_sampling(w.task),
         device=config["device"],
     )
+    return params | ({"reward": lambda w: config["reward"][w.task]} if job == "sample_job" else {})
 
 
 rule acf_sample:
     input:
-        model=lambda w: str(lm_path(acf_rounds(w), acf_schedule(w).sample_from(int(w.i)), ACF_BASE)),
+        unpack(acf_job_inputs("sample")),
         base=ACF_BASE,
         prompts=f"{R}/data/{{task}}/train.jsonl",
         corpus=f"{R}/data/{{task}}/corpus.jsonl",
@@ -71,7 +95,7 @@ rule acf_sample:
     wildcard_constraints:
         i="[0-9]+",
     params:
-        **acf_params(),
+        **acf_params("sample_job"),
         torch_threads=acf_torch_threads("sample"),
     threads: acf_threads("sample")
     resources:
@@ -81,14 +105,12 @@ rule acf_sample:
     log:
         f"{ACF_RUN}/rounds/sample{{i}}.log",
     script:
-        "job.py"
+        "../../workflow/scripts/method_job.py"
 
 
 rule acf_train_r:
     input:
-        samples=lambda w: str(samples_path(acf_rounds(w), acf_schedule(w).r_data(int(w.i)))),
-        init=lambda w: [] if acf_schedule(w).r_init(int(w.i)) is None else str(r_path(acf_rounds(w), acf_schedule(w).r_init(int(w.i)))),
-        sampler=lambda w: str(lm_path(acf_rounds(w), acf_schedule(w).sample_from(acf_schedule(w).r_data(int(w.i))), ACF_BASE)) if acf_config(w.task).consistency_coef else [],
+        unpack(acf_job_inputs("r")),
         base=ACF_BASE,
         prompts=f"{R}/data/{{task}}/train.jsonl",
         corpus=f"{R}/data/{{task}}/corpus.jsonl",
@@ -98,7 +120,7 @@ rule acf_train_r:
     wildcard_constraints:
         i="[0-9]+",
     params:
-        **acf_params(),
+        **acf_params("round_job"),
         torch_threads=acf_torch_threads("r"),
     threads: acf_threads("r")
     resources:
@@ -108,14 +130,12 @@ rule acf_train_r:
     log:
         f"{ACF_RUN}/rounds/r{{i}}.log",
     script:
-        "job.py"
+        "../../workflow/scripts/method_job.py"
 
 
 rule acf_train_lm:
     input:
-        init=lambda w: str(lm_path(acf_rounds(w), int(w.i) - 1, ACF_BASE)),
-        r=lambda w: str(r_path(acf_rounds(w), acf_schedule(w).lm_r(int(w.i)))),
-        samples=lambda w: str(samples_path(acf_rounds(w), acf_schedule(w).lm_samples(int(w.i)))),
+        unpack(acf_job_inputs("lm")),
         base=ACF_BASE,
         prompts=f"{R}/data/{{task}}/train.jsonl",
         corpus=f"{R}/data/{{task}}/corpus.jsonl",
@@ -125,7 +145,7 @@ rule acf_train_lm:
     wildcard_constraints:
         i="[0-9]+",
     params:
-        **acf_params(),
+        **acf_params("round_job"),
         torch_threads=acf_torch_threads("lm"),
     threads: acf_threads("lm")
     resources:
@@ -135,7 +155,7 @@ rule acf_train_lm:
     log:
         f"{ACF_RUN}/rounds/lm{{i}}.log",
     script:
-        "job.py"
+        "../../workflow/scripts/method_job.py"
 
 
 rule acf_finish:
@@ -150,7 +170,7 @@ rule acf_finish:
         benchmark=f"{ACF_RUN}/train.benchmark.tsv",
         stats=f"{ACF_RUN}/train_stats.json",
     params:
-        **acf_params(),
+        **acf_params("finish_job"),
         benchmarks=lambda w: [f"{acf_rounds(w)}/{kind}{i}.benchmark.tsv" for kind, i in acf_schedule(w).jobs()],
         torch_threads=lambda w: os.cpu_count() or 1,
     threads: heavy_threads()
@@ -159,4 +179,4 @@ rule acf_finish:
     log:
         f"{ACF_RUN}/train.log",
     script:
-        "job.py"
+        "../../workflow/scripts/method_job.py"

@@ -45,6 +45,7 @@ rule dexperts_expert:
     wildcard_constraints:
         side="expert|antiexpert",
     params:
+        job="methods.dexperts.jobs:expert",
         hparams=lambda w: dexperts_training(w.task),
         device=config["device"],
     threads: heavy_threads()
@@ -55,7 +56,7 @@ rule dexperts_expert:
     log:
         f"{DEXPERTS_RUN}/{{side}}.log",
     script:
-        "job_expert.py"
+        "../../workflow/scripts/method_job.py"
 
 
 rule dexperts_ensemble:
@@ -70,6 +71,7 @@ rule dexperts_ensemble:
         model=f"{DEXPERTS_RUN}/model.json",
         benchmark=f"{DEXPERTS_RUN}/train.benchmark.tsv",
     params:
+        job="methods.dexperts.jobs:ensemble",
         hparams=lambda w: hparams("dexperts", w.task),
         device=config["device"],
     threads: heavy_threads()
@@ -78,4 +80,4 @@ rule dexperts_ensemble:
     log:
         f"{DEXPERTS_RUN}/train.log",
     script:
-        "job_ensemble.py"
+        "../../workflow/scripts/method_job.py"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from core.config import from_dict_for_task
+from core.config import from_dict
 from core.data import Prompt, write_json
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model, read_meta
@@ -95,7 +95,7 @@ def draw_prompts(n_prompts: int, cfg: DTConfig, rng: np.random.Generator) -> lis
 
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     set_seed(seed)
-    cfg = from_dict_for_task(DTConfig, hparams, task.name, SOURCE)
+    cfg = from_dict(DTConfig, hparams, SOURCE)
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     model, tokenizer = load_model(base_model, device)

@@ -1,5 +1,5 @@
 """PPO's loss terms, on [B, C] tensors over completion tokens; `mask` is 1 where a token exists (completions
-right-padded). Pure functions, each tested against a hand computation in tests/test_ppo.py."""
+right-padded). Pure functions, each tested against a hand computation in tests/methods/test_ppo.py."""
 
 from __future__ import annotations
 

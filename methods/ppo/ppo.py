@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup, set_seed
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from core.config import from_dict_for_task
+from core.config import from_dict
 from core.data import atomic_output
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
@@ -328,5 +328,5 @@ class Trainer(Resumable):
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     """Train the policy with PPO on the task's reward; return the saved model directory (value head beside it)."""
     set_seed(seed)
-    cfg = from_dict_for_task(PPOConfig, hparams, task.name, SOURCE)
+    cfg = from_dict(PPOConfig, hparams, SOURCE)
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()

@@ -27,7 +27,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from core.config import from_dict_for_task
+from core.config import from_dict
 from core.errors import SuiteError
 from core.sampling import completion_logits, pack
 from methods.common.distributed import in_waves, reduce_stats
@@ -222,5 +222,5 @@ class Trainer(QuarkState):
 
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     set_seed(seed)
-    cfg = from_dict_for_task(QuarkConfig, hparams, task.name, SOURCE)
+    cfg = from_dict(QuarkConfig, hparams, SOURCE)
     return Trainer(task, base_model, out_dir, cfg, seed, device).run()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, set_seed
 
-from core.config import from_dict_for_task
+from core.config import from_dict
 from core.data import write_json
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
@@ -295,7 +295,7 @@ def train_rewarded(model, tokenizer, task: Task, cfg: UnlikelihoodConfig, seed: 
 
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     set_seed(seed)
-    cfg = from_dict_for_task(UnlikelihoodConfig, hparams, task.name, SOURCE)
+    cfg = from_dict(UnlikelihoodConfig, hparams, SOURCE)
     model, tokenizer = load_model(base_model, device)
     started = time.perf_counter()
     if task.name == "repetition":

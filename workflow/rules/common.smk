@@ -55,6 +55,8 @@ update_config(config, typed(workflow.config_settings.config))
 check_config()
 sys.path.insert(0, workflow.basedir)
 from evaluation.tasks import TASKS as KNOWN_TASKS  # noqa: E402
+from core.config import for_task  # noqa: E402
+from core.errors import SuiteError  # noqa: E402
 
 
 import jsonschema  # noqa: E402
@@ -119,14 +121,14 @@ SEEDS = config["seeds"]
 
 def check_prompts(task):
     """Read the task's prompt files now (they are small), so a bad line fails before any job runs."""
-    from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits
+    from evaluation.tasks import EVAL_FRACTION, task_spec, wikitext_prefixes, wikitext_splits
     from core.data import read_prompts, select_prompts
     from core.errors import SuiteError
 
     d = config["data"][task]
     try:
         if task_spec(task).prompts == "wikitext":
-            splits = wikitext_splits(d["train_prompts"], d["eval_prompts"], d.get("eval_fraction", 0.25))
+            splits = wikitext_splits(d["train_prompts"], d["eval_prompts"], d.get("eval_fraction", EVAL_FRACTION))
             for articles, path in zip(splits, (d["train_prompts"], d["eval_prompts"])):
                 wikitext_prefixes(articles, d.get("prefix_words", 32), d.get("min_continuation_words", 32), path)
             return
@@ -298,18 +300,13 @@ check_variant_options()
 
 
 def hparams(method, task=None):
-    """method.yaml's hyperparameters for this profile, then the config's `hparams.<method>` on top.
-
-    Either level may hold `per_task: {<task>: {...}}`, overrides for one task (longer repetition completions, say);
-    the method receives the merged values, and model.json records them.
-    """
-    merged = {}
-    for level in ((METHODS[method].get("hparams") or {}).get(PROFILE), config.get("hparams", {}).get(method)):
-        level = dict(level or {})
-        per_task = level.pop("per_task", None) or {}
-        merged.update(level)
-        merged.update(per_task.get(task) or {})
-    return merged
+    """method.yaml's hyperparameters for this profile, then the config's `hparams.<method>` on top, each with its
+    `per_task` overrides for this task (core/config.py: `for_task`); model.json records what the method receives."""
+    levels = [(METHODS[method].get("hparams") or {}).get(PROFILE), config.get("hparams", {}).get(method)]
+    try:
+        return for_task(levels, task, f"methods/{method}/method.yaml or the config's hparams.{method}")
+    except SuiteError as exc:
+        fail(str(exc))
 
 
 def run_hparams(run, task):

@@ -4,7 +4,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
 from evaluation.scorers import get_scorer  # noqa: E402
-from evaluation.tasks import task_spec, wanted_sentiment  # noqa: E402
+from evaluation.tasks import EVAL_FRACTION, task_spec, wanted_sentiment  # noqa: E402
 from core.data import write_corpus  # noqa: E402
 
 
@@ -18,7 +18,7 @@ def run(sm):
         )
     else:
         texts = task_spec(task).corpus(
-            sm.input[0], eval_fraction=s.get("eval_fraction", 0.25), holds_out=s["eval_from_train_file"]
+            sm.input[0], eval_fraction=s.get("eval_fraction", EVAL_FRACTION), holds_out=s["eval_from_train_file"]
         )
     write_corpus(sm.output[0], texts)
     labelled = [t.score for t in texts if t.score is not None]

@@ -9,14 +9,14 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _job import main  # noqa: E402
 
 from evaluation.sentiment import PROMPT_TYPES  # noqa: E402
-from evaluation.tasks import task_spec, wikitext_prefixes, wikitext_splits, wikitext_train_articles  # noqa: E402
+from evaluation.tasks import EVAL_FRACTION, task_spec, wikitext_prefixes, wikitext_splits, wikitext_train_articles  # noqa: E402
 from core.data import read_prompts, select_prompts, write_prompts  # noqa: E402
 
 
 def train_prompts(sm, s, kind):
     path = sm.input.train
     if kind == "wikitext":
-        articles = wikitext_train_articles(path, s["eval_from_train_file"], s.get("eval_fraction", 0.25))
+        articles = wikitext_train_articles(path, s["eval_from_train_file"], s.get("eval_fraction", EVAL_FRACTION))
         prompts = wikitext_prefixes(articles, s.get("prefix_words", 32), s.get("min_continuation_words", 32), path)
     else:
         prompts = read_prompts(path)
@@ -38,7 +38,7 @@ def train_prompts(sm, s, kind):
 def eval_prompts(sm, s, kind):
     seed, limit = s.get("seed", 0), sm.params.max_eval_prompts
     if kind == "wikitext":
-        _, articles = wikitext_splits(sm.input.train, sm.input.eval, s.get("eval_fraction", 0.25))
+        _, articles = wikitext_splits(sm.input.train, sm.input.eval, s.get("eval_fraction", EVAL_FRACTION))
         words = s.get("prefix_words", 32), s.get("min_continuation_words", 32)
         return select_prompts(wikitext_prefixes(articles, *words, sm.input.eval), limit, seed, source=sm.input.eval)
     if kind == "sentiment":  # `limit` typed prompts of each type the task reports

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a single-node SLURM cluster on this machine (Debian's slurmctld, slurmd, slurm-client and munge), for the
-# cluster test (tests/test_slurm.py) and for trying the SLURM profile without a cluster. Needs root; no accounting
+# cluster test (tests/workflow/test_slurm.py) and for trying the SLURM profile without a cluster. Needs root; no accounting
 # database, as on many small clusters. Idempotent: a running cluster is left as it is.
 #   bash workflow/scripts/slurm_cluster.sh          # install (apt) if needed, configure, start
 #   bash workflow/scripts/slurm_cluster.sh stop

@@ -16,20 +16,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_job(job: dict) -> Path:
-    """Build the task (prompts, corpus, reward, exploration sampling) and call the method's train()."""
+def build_task(name: str, prompts=None, corpus=None, reward: dict | None = None, sampling: dict | None = None):
+    """A method's Task from the job's files and settings; what a job does not need stays empty (no reward: no scorer
+    is loaded)."""
+    from core.data import read_corpus, read_prompts
+    from core.sampling import Sampling, train_sampling
     from methods.common.rewards import get_reward
-    from core.data import read_prompts
-    from core.sampling import train_sampling
-    from core.data import read_corpus
     from methods.common.task import Task
 
-    method = importlib.import_module(f"methods.{job['method']}")
-    spec = dict(job["reward"])
-    reward = get_reward(spec.pop("name"), **spec)
-    task = Task(
-        job["task"], read_prompts(job["prompts"]), reward, train_sampling(job["sampling"]), read_corpus(job["corpus"])
+    if reward is not None:
+        spec = dict(reward)
+        reward = get_reward(spec.pop("name"), **spec)
+    return Task(
+        name,
+        read_prompts(prompts) if prompts else [],
+        reward,
+        train_sampling(sampling) if sampling is not None else Sampling(),
+        read_corpus(corpus) if corpus else [],
     )
+
+
+def run_job(job: dict) -> Path:
+    """Build the task (prompts, corpus, reward, exploration sampling) and call the method's train()."""
+    method = importlib.import_module(f"methods.{job['method']}")
+    task = build_task(job["task"], job["prompts"], job["corpus"], job["reward"], job["sampling"])
     return method.train(
         task, Path(job["base"]), Path(job["out_dir"]), dict(job["hparams"]), seed=int(job["seed"]), device=job["device"]
     )

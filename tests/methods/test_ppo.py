@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from core.config import from_dict_for_task
+from core.config import for_task, from_dict
 from core.data import Prompt, read_jsonl
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
@@ -227,7 +227,7 @@ def test_rounds_are_cut_into_rollout_batches_and_each_rounds_draw_depends_on_see
 def budget(method: str, profile: str, task: str, config: type) -> tuple:
     """(rounds, prompts per round, samples per prompt): the scored-sample budget of a method on a task."""
     hparams = dict(yaml.safe_load((ROOT / f"methods/{method}/method.yaml").read_text())["hparams"][profile] or {})
-    cfg = from_dict_for_task(config, hparams, task, method)
+    cfg = from_dict(config, for_task([hparams], task, method), method)
     return cfg.num_rounds, cfg.prompts_per_round, cfg.samples_per_prompt
 
 

@@ -15,20 +15,20 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from core.config import from_dict_for_task
+from core.config import for_task, from_dict
 from core.data import Prompt, read_jsonl, read_prompts, select_prompts
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import Sampling, sample
-from evaluation.tasks import wikitext_prefixes, wikitext_splits
+from evaluation.tasks import EVAL_FRACTION, wikitext_prefixes, wikitext_splits
 from methods import grpo as grpo_method
 from methods.common.rewards import get_reward
 from methods.common.task import Task
 from methods.grpo import grpo
 from methods.quark.quark import QuarkConfig
 from tests.conftest import CORPUS, ROOT
-from tests.test_ppo import budget
-from tests.test_quark_resume import scored  # how many samples a counting task's reward scored
+from tests.methods.test_ppo import budget
+from tests.methods.test_quark_resume import scored  # how many samples a counting task's reward scored
 
 WANTED = list(range(40, 70))  # 30 of ~300 tokens: the random model emits about 10% of them
 PROMPTS = [Prompt(f"p{i}", " ".join(t.split()[: 3 + i % 4]), {}) for i, t in enumerate(CORPUS)]
@@ -112,7 +112,9 @@ def mini_train_prompts(task: str) -> int:
     """How many train prompts the mini profile's data rule keeps for a task (workflow/scripts/prepare_prompts.py)."""
     d = yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text())["data"][task]
     if task == "repetition":
-        train, _ = wikitext_splits(ROOT / d["train_prompts"], ROOT / d["eval_prompts"], d.get("eval_fraction", 0.25))
+        train, _ = wikitext_splits(
+            ROOT / d["train_prompts"], ROOT / d["eval_prompts"], d.get("eval_fraction", EVAL_FRACTION)
+        )
         prompts = wikitext_prefixes(train, d["prefix_words"], d["min_continuation_words"], d["train_prompts"])
     else:
         prompts = read_prompts(ROOT / d["train_prompts"])
@@ -136,7 +138,7 @@ def test_the_mini_profile_scores_as_many_samples_as_quark_explores_on_every_task
         rounds, per_round, per_prompt = budget("quark", "mini", task, QuarkConfig)
         n_train = mini_train_prompts(task)
         explored = rounds * min(per_round or n_train, n_train) * per_prompt  # None: every train prompt
-        cfg = from_dict_for_task(grpo.GRPOHparams, dict(mini), task, "grpo")
+        cfg = from_dict(grpo.GRPOHparams, for_task([mini], task, "grpo"), "grpo")
         assert cfg.scored_samples == explored // cfg.batch_size * cfg.batch_size, task
         assert explored - cfg.scored_samples < cfg.batch_size, task
 
@@ -168,7 +170,7 @@ sys.path.insert(0, os.environ["ROOT"])
 import torch
 torch.set_num_threads(1)
 from methods.grpo import grpo
-from tests.test_grpo import RESUME_HPARAMS, counting_task
+from tests.methods.test_grpo import RESUME_HPARAMS, counting_task
 
 model_dir, run_dir, kill = sys.argv[1], sys.argv[2], int(sys.argv[3])
 save_rng, calls = grpo.SuiteGRPOTrainer._save_rng_state, []

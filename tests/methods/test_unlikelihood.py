@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import from_dict_for_task
+from core.config import for_task, from_dict
 from core.data import Prompt, Text
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
@@ -273,11 +273,11 @@ def test_unknown_hyperparameter_and_per_task_overrides(tiny, tmp_path):
     path, _, _ = tiny
     task = Task("synthetic", [Prompt("p", "the cat", {})], lambda p, c, **k: [0.0] * len(c), Sampling(max_new_tokens=3))
     values = {"lr": 1.0, "token_steps": 3, "per_task": {"repetition": {"lr": 2.0}, "toxicity": {"lr": 4.0}}}
-    cfg = from_dict_for_task(unlikelihood.UnlikelihoodConfig, values, "repetition", "x")
+    cfg = from_dict(unlikelihood.UnlikelihoodConfig, for_task([values], "repetition", "x"), "x")
     assert (cfg.lr, cfg.token_steps) == (2.0, 3)
-    assert from_dict_for_task(unlikelihood.UnlikelihoodConfig, values, "sentiment-positive", "x").lr == 1.0
+    assert from_dict(unlikelihood.UnlikelihoodConfig, for_task([values], "sentiment-positive", "x"), "x").lr == 1.0
     with pytest.raises(SuiteError, match="methods/unlikelihood/method.yaml: unknown hyperparameter.*bogus"):
-        unlikelihood.train(task, path, tmp_path / "a", {"per_task": {"synthetic": {"bogus": 1}}}, seed=0, device="cpu")
+        unlikelihood.train(task, path, tmp_path / "a", {"bogus": 1}, seed=0, device="cpu")
     # every sample scores 0: nothing is wanted, which must be said in one line
     with pytest.raises(SuiteError, match="round 0: no sample has reward >= wanted_threshold"):
         unlikelihood.train(task, path, tmp_path / "b", {"num_rounds": 1, "steps_per_round": 1}, seed=0, device="cpu")

@@ -13,7 +13,7 @@ from core.data import read_jsonl
 from core.sampling import Sampling, pack
 from methods.common.tokens import add_control_tokens
 from methods.gedi import gedi
-from tests.test_dexperts import assert_beats_the_base_model, assert_nll_matches_processor, synthetic_task
+from tests.methods.test_dexperts import assert_beats_the_base_model, assert_nll_matches_processor, synthetic_task
 
 
 @pytest.fixture

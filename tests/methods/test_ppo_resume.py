@@ -24,7 +24,10 @@ from core.errors import SuiteError
 from methods.common import checkpoint
 from methods.ppo import ppo
 from tests.conftest import ROOT
-from tests.test_quark_resume import counting_task, scored  # Quark's resume test's task: token_set, counted calls
+from tests.methods.test_quark_resume import (  # Quark's resume test's task: token_set, counted calls
+    counting_task,
+    scored,
+)
 
 # 2 rounds of 6 prompts x 2 samples, cut into 4 PPO iterations of 6; a checkpoint after every iteration. An adaptive
 # beta with a short horizon and score normalisation from iteration 0: both must come back from the checkpoint.
@@ -56,7 +59,7 @@ import torch
 torch.set_num_threads(1)
 from methods.common import checkpoint
 from methods.ppo import ppo
-from tests.test_ppo_resume import HPARAMS, counting_task
+from tests.methods.test_ppo_resume import HPARAMS, counting_task
 
 model_dir, run_dir, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
 save, saved = checkpoint.Checkpoints.save, []

@@ -47,7 +47,7 @@ import torch
 torch.set_num_threads(1)
 from methods.common import checkpoint
 from methods.quark import pool, quark
-from tests.test_quark_resume import HPARAMS, counting_task
+from tests.methods.test_quark_resume import HPARAMS, counting_task
 
 model_dir, run_dir, kill = sys.argv[1], sys.argv[2], sys.argv[3]
 what, _, when = kill.partition(":")

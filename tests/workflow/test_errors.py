@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 
 def raising(prompts, completions, **kwargs):
-    """A configuration problem stops the job; any other exception is an outage, retried (tests/test_safety.py)."""
+    """A configuration problem stops the job; any other exception is an outage, retried (tests/methods/test_checkpoint_safety.py)."""
     raise SuiteError("reward 'raising': scorer 'x' is not installed")
 
 
