@@ -7,7 +7,7 @@ what differs is the prefix (nothing, a control code, a return token, a prompt) a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +53,17 @@ def target_nll(model: PreTrainedModel, packed: Packed, vocab_size: int | None = 
     return nll * packed.completion_mask
 
 
+def shuffled_batches(n: int, size: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    """Batches of `size` indices into range(n), epoch after epoch, each epoch a fresh permutation from `rng`; a batch
+    may span two epochs."""
+    order: list[int] = []
+    while True:
+        while len(order) < size:
+            order += rng.permutation(n).tolist()
+        yield order[:size]
+        order = order[size:]
+
+
 def train_lm(
     model: PreTrainedModel,
     pairs: list[Pair],
@@ -76,14 +87,12 @@ def train_lm(
         [p for p in model.parameters() if p.requires_grad], lr=schedule.lr, weight_decay=schedule.weight_decay
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, min(schedule.warmup_steps, schedule.steps), schedule.steps)
-    order: list[int] = []
+    batches = shuffled_batches(len(pairs), schedule.batch_size, rng)
     losses = []
     model.train()
     started = time.perf_counter()
     for _ in tqdm(range(schedule.steps), desc=desc, leave=False):
-        while len(order) < schedule.batch_size:
-            order += rng.permutation(len(pairs)).tolist()
-        idx, order = order[: schedule.batch_size], order[schedule.batch_size :]
+        idx = next(batches)
         packed = pack([list(pairs[i][0]) for i in idx], [list(pairs[i][1]) for i in idx], pad_id)
         packed = packed.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=schedule.bf16):

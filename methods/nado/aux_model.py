@@ -47,6 +47,7 @@ from core.errors import SuiteError
 from core.models import encode_prompts
 from core.sampling import Packed, completion_logits, pack
 from methods.common.kl import masked_mean
+from methods.common.lm import shuffled_batches
 from methods.common.probe import concordance, held_out_prompts
 from methods.common.rollout import sample_and_score
 from methods.common.speed import adamw
@@ -410,14 +411,12 @@ def fit_aux(
     labels = torch.tensor(labels_of(samples, cfg.label_threshold))
     use_sampler = bool(cfg.consistency_coef) and sampler is not None
     rng = np.random.default_rng(seed)
-    order: list[int] = []
+    batches = shuffled_batches(len(samples), cfg.r_batch_size, rng)
     history: list[dict[str, float]] = []
     aux.train()
     started = time.perf_counter()
     for _ in tqdm(range(cfg.r_steps), desc=desc, leave=False):
-        while len(order) < cfg.r_batch_size:
-            order += rng.permutation(len(samples)).tolist()
-        idx, order = order[: cfg.r_batch_size], order[cfg.r_batch_size :]
+        idx = next(batches)
         packed = pack([samples[i]["prompt_ids"] for i in idx], [samples[i]["completion_ids"] for i in idx], pad_id)
         packed = packed.to(device)
         with autocast(device, cfg.bf16):

@@ -31,7 +31,7 @@ from core.data import write_json
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import Packed, Sampling, completion_logits, pack, sample
-from methods.common.lm import LMSchedule, encode_texts, target_nll, train_lm
+from methods.common.lm import LMSchedule, encode_texts, shuffled_batches, target_nll, train_lm
 from methods.common.rollout import sample_and_score
 from methods.common.task import Task
 from methods.unlikelihood.losses import ngram_candidates, sequence_unlikelihood, token_unlikelihood
@@ -210,17 +210,14 @@ class UnwantedLoss:
     def __init__(self, cfg: UnlikelihoodConfig, unwanted: list[tuple[list[int], list[int]]], pad_id: int, seed: int):
         self.cfg, self.unwanted, self.pad_id = cfg, unwanted, pad_id
         self.rng = np.random.default_rng(seed)
-        self.order: list[int] = []
+        self.batches = shuffled_batches(len(unwanted), min(cfg.ul_batch_size, len(unwanted)), self.rng)
         self.history: list[dict[str, float]] = []
 
     def __call__(self, model: PreTrainedModel, packed: Packed) -> torch.Tensor:
         loss = target_nll(model, packed).sum() / packed.completion_mask.sum().clamp(min=1)
         stats = {"nll": loss.item()}
         if self.unwanted and self.cfg.ul_coef:
-            size = min(self.cfg.ul_batch_size, len(self.unwanted))  # never the same sample twice in a batch
-            while len(self.order) < size:
-                self.order += self.rng.permutation(len(self.unwanted)).tolist()
-            idx, self.order = self.order[:size], self.order[size:]
+            idx = next(self.batches)  # at most len(unwanted): never the same sample twice in a batch
             bad = to_device(
                 pack([self.unwanted[i][0] for i in idx], [self.unwanted[i][1] for i in idx], self.pad_id),
                 packed.input_ids.device,

@@ -2,10 +2,11 @@
 
 import copy
 
+import numpy as np
 import torch
 
 from core.sampling import pack
-from methods.common.lm import LMSchedule, encode_texts, target_nll, train_lm
+from methods.common.lm import LMSchedule, encode_texts, shuffled_batches, target_nll, train_lm
 
 
 def test_target_nll_ignores_prefix_and_padding(tiny):
@@ -32,3 +33,10 @@ def test_train_lm_fits_its_targets(tiny):
     after = target_nll(model, pack([[eos]], targets, eos)).sum().item()
     assert after < 0.2 * before, (before, after)
     assert stats["loss_last"] < stats["loss_first"]
+
+
+def test_shuffled_batches_take_every_index_once_per_epoch():
+    batches = shuffled_batches(7, 3, np.random.default_rng(0))
+    drawn = [i for _ in range(7) for i in next(batches)]  # 21 indices: three epochs, batches spanning their edges
+    assert all(sorted(drawn[e * 7 : (e + 1) * 7]) == list(range(7)) for e in range(3))
+    assert drawn[:7] != list(range(7))  # shuffled, not in order
