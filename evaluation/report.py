@@ -6,6 +6,7 @@ import html
 import importlib
 import json
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -145,14 +146,49 @@ def grouped(frame: pd.DataFrame, attribute: str) -> pd.DataFrame:
     return out
 
 
-def latex_table(frame: pd.DataFrame, caption: str, attribute: str) -> str:
-    """booktabs, grouped headers, a caption, scaled to the text width: a table that fits a page."""
-    body = _latex(grouped(frame, attribute).to_latex(index=False, multicolumn=True, multicolumn_format="c"))
+CI_CELL = re.compile(r"^(.+?) (\[.+\])$")  # "mean [low, high]" or "mean ± std [low, high]"
+
+
+def _stacked(top: str, bottom: str, size: str = r"\scriptsize ") -> str:
+    return rf"\begin{{tabular}}[t]{{@{{}}l@{{}}}}{top}\\ {size}{bottom}\end{{tabular}}"
+
+
+def _halves(text: str) -> tuple[str, str]:
+    """Two lines of words, as even in length as the spaces allow."""
+    words = text.split(" ")
+    cut = min(range(1, len(words)), key=lambda i: abs(len(" ".join(words[:i])) - len(" ".join(words[i:]))))
+    return " ".join(words[:cut]), " ".join(words[cut:])
+
+
+def latex_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """The printed table's cells: each interval on a line of its own under its mean, in a smaller size, and each
+    label on two lines (its parenthesis, smaller, under its name), so the table keeps a legible size on a page."""
+
+    def cell(text: str) -> str:
+        found = CI_CELL.match(text)
+        return _stacked(*found.groups()) if found else text
+
+    def label(text: str) -> str:
+        name, paren, detail = text.partition(" (")
+        if paren:
+            return _stacked(name, paren.strip() + detail)
+        return _stacked(*_halves(text), size="") if text.count(" ") > 1 else text
+
+    out = frame.map(cell)
+    out.columns = pd.MultiIndex.from_tuples([(group, label(name)) for group, name in frame.columns])
+    return out
+
+
+def latex_table(body: str, caption: str) -> str:
+    """A booktabs tabular as a captioned float, scaled down to the text width when wider (never up): one that fits a
+    page. `workflow/scripts/check_latex.py` compiles every task's table.tex and refuses an overfull line."""
+    caption = _latex(caption).replace("_", r"\_").replace("×", r"$\times$")
     return (
-        "\\begin{table}[t]\n\\centering\n\\small\n\\resizebox{\\textwidth}{!}{%\n"
-        + body
+        "\\begin{table}[t]\n\\centering\n\\small\n"
+        "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n"
+        + _latex(body)
         + "}\n\\caption{"
-        + _latex(caption).replace("_", r"\_").replace("×", r"$\times$")
+        + caption
         + "}\n\\end{table}\n"
     )
 
@@ -269,7 +305,10 @@ def make_table(
     note = "Cells: mean [95% bootstrap CI over prompts]; with several seeds, mean ± std over seeds [mean CI]."
     md, tex = (
         frame.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n",
-        latex_table(frame, f"{caption} {note}".strip(), attribute),
+        latex_table(
+            latex_cells(grouped(frame, attribute)).to_latex(index=False, multicolumn=True, multicolumn_format="c"),
+            f"{caption} {note}".strip(),
+        ),
     )
     ref = None
     if reference is not None:
@@ -289,7 +328,10 @@ def make_table(
         ref = ref.loc[:, (ref != "–").any(axis=0)]
         md += f"\nPublished numbers, for reference only ({source}; other model, judge and scale):\n\n"
         md += ref.to_markdown(index=False, disable_numparse=True) + "\n"
-        tex += f"% Published numbers, for reference only ({source})\n" + _latex(ref.to_latex(index=False))
+        tex += latex_table(
+            ref.to_latex(index=False),
+            f"Published numbers, for reference only ({source}; other model, judge and scale).",
+        )
     page = html_table(frame, caption, attribute, note, ref, reference[0] if reference else "")
     Path(f"{out_prefix}.html").write_text(page, encoding="utf-8")
     Path(f"{out_prefix}.md").write_text(md, encoding="utf-8")

@@ -1,5 +1,8 @@
 import json
 import math
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,6 +154,28 @@ def test_tables_aggregate_seeds_and_carry_cost(tmp_path):
     assert cells["caption"] == ["Task t, n prompts."]
     assert {"Toxicity", "Fluency", "Diversity", "Control", "Cost"} <= set(cells["th"])
     assert sorted(cells["td"][: len(page.columns)]) == sorted(page.iloc[0])  # the first row, regrouped
+
+
+def test_the_latex_table_stacks_intervals_and_fits_the_page(tmp_path):
+    """Each interval prints under its mean, smaller; the published block is a captioned float of its own; and where
+    pdflatex is installed, a table of 14 wide rows compiles with no line wider than the text."""
+    rows = []
+    for i in range(14):
+        m = {k: 0.1 * (i % 9) for k in toxicity.METRICS} | {"num_prompts": 40, "num_samples": 1000, "num_seeds": 1}
+        m |= {"ci95": {k: [0.01, 0.99] for k in toxicity.METRICS}, "seed_std": {}}
+        m |= {"cost": {"train_seconds": 600.0, "generate_seconds": 60.0, "peak_rss_mb": 4096.0}}
+        m["train_stats"] = {"heldout_perplexity": 100.0, "probe_auc": 0.5, "probe_auc_within": 0.5} if i else {}
+        rows.append((f"A method with a long display name {i}", m))
+    published = (toxicity.PAPER_SOURCE, toxicity.paper_rows("toxicity"))
+    make_table(rows, toxicity.METRICS, tmp_path / "wide" / "table", toxicity.LABELS, reference=published)
+    tex = (tmp_path / "wide" / "table.tex").read_text()
+    assert r"0.100\\ \scriptsize [0.010, 0.990]" in tex and r"Avg. max\\ toxicity $\downarrow$" in tex
+    assert tex.count(r"\begin{table}") == 2 and r"\caption{Published numbers, for reference only" in tex
+    if shutil.which("pdflatex"):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
+        from check_latex import compile_one
+
+        assert compile_one(tmp_path / "wide" / "table.tex", tmp_path).stat().st_size > 1000  # else it exits
 
 
 def test_compare_flags_values_outside_the_reference_interval(tmp_path):

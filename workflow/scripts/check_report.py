@@ -71,7 +71,7 @@ def screenshot(report: Path, table_path: str, out: Path, workdir: Path) -> None:
     page = workdir / f"report-{out.stem}.html"
     head, body_end, tail = report.read_text(encoding="utf-8").rpartition("</body>")  # the last: scripts hold others
     page.write_text(head + select + body_end + tail, encoding="utf-8")
-    run_chromium(f"--screenshot={out}", "--window-size=1600,1000", "--virtual-time-budget=5000", page.as_uri())
+    run_chromium(f"--screenshot={out}", "--window-size=2200,1000", "--virtual-time-budget=5000", page.as_uri())
     if not out.is_file() or out.stat().st_size < 10_000:
         sys.exit(f"check_report: no screenshot of {table_path} was written")
 
