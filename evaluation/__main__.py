@@ -51,13 +51,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p = commands.add_parser("recount", help="recompute text-only metrics from a results tree's generations")
     p.add_argument("results_dir", type=Path, help="a profile's results directory, e.g. results/reference/mini")
+    p.add_argument("--configfile", type=Path, help="the config that produced it (its judges); default: the default")
     args = parser.parse_args()
     if args.command == "score":
         score(args)
     else:
         from evaluation.recount import recount
 
-        rows = recount(args.results_dir)
+        rows = recount(args.results_dir, *([args.configfile] if args.configfile else []))
         print(f"recounted {len(rows)} rows under {args.results_dir}")
 
 

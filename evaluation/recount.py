@@ -16,11 +16,14 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from core.data import read_jsonl, write_json
 from core.errors import SuiteError
 from evaluation.report import aggregate_metrics, write_task_report
 from evaluation.tasks import task_spec
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "workflow" / "config" / "config.yaml"
 
 
 def _kept(key: str, reported: set[str]) -> bool:
@@ -45,8 +48,15 @@ def recount_seed(seed_dir: Path, evaluator, task: str) -> dict:
     return metrics
 
 
-def recount(results_dir: Path) -> list[str]:
-    """Recount every task column under `results_dir`; returns the rows it rewrote."""
+def judges(config: Path) -> dict[str, str]:
+    """The judge each task's table names: the config's `scorers.<task>` (a name, or {name: ..., ...})."""
+    specs = yaml.safe_load(config.read_text(encoding="utf-8")).get("scorers") or {}
+    return {task: spec["name"] if isinstance(spec, dict) else spec for task, spec in specs.items()}
+
+
+def recount(results_dir: Path, config: Path = DEFAULT_CONFIG) -> list[str]:
+    """Recount every task column under `results_dir`, whose judges `config` names; returns the rows it rewrote."""
+    judge = judges(config)
     tables = sorted(results_dir.glob("*/table.csv"))
     if not tables:
         raise SuiteError(f"{results_dir}: no <task>/table.csv; name a profile's results directory")
@@ -75,5 +85,5 @@ def recount(results_dir: Path) -> list[str]:
             write_json(row_file, row)
             rows.append((name, row))
             done.append(f"{task}/{row_file.parent.name}")
-        write_task_report(task, rows, task_dir, results_dir.name)
+        write_task_report(task, rows, task_dir, results_dir.name, judge.get(task))
     return done
