@@ -113,12 +113,23 @@ def stats_path(rounds: Path, kind: str, k: int) -> Path:
 
 
 def sample_job(
-    task: Task, model_dir: Path, out_path: Path, cfg: AcfConfig, *, seed: int, run_seed: int, device: str, desc: str
+    task: Task,
+    model_dir: Path,
+    out_path: Path,
+    cfg: AcfConfig,
+    *,
+    seed: int,
+    run_seed: int,
+    device: str,
+    desc: str,
+    base: bool = False,
 ):
-    """S_i, with R's probe samples on the run's held-out prompts (the same prompts every round)."""
+    """S_i, with R's probe samples on the run's probe split (the same prompts every round); with `base`, the run's
+    base samples (the task's shared set where it holds them)."""
     model, tokenizer = load_model(model_dir, device)
+    rng = np.random.default_rng(seed)
     samples, stats = collect_samples(
-        model, tokenizer, task, cfg.samples_per_round, cfg, np.random.default_rng(seed), desc=desc, probe_seed=run_seed
+        model, tokenizer, task, cfg.samples_per_round, cfg, rng, desc=desc, probe_seed=run_seed, base=base
     )
     write_jsonl(out_path, samples)
     return stats
@@ -221,6 +232,7 @@ def run_job(
             run_seed=seed,
             device=device,
             desc=f"round {i}: sampling",
+            base=i == sched.sample_rounds()[0],  # the first draw of the base model; a second one draws afresh
         )
     elif kind == "r":
         init = sched.r_init(i)

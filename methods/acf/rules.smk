@@ -39,8 +39,8 @@ def acf_job_inputs(kind):
     def inputs(w):
         s, rounds, i = acf_schedule(w), acf_rounds(w), int(w.i)
         lm = lambda j: str(lm_path(rounds, j, ACF_BASE))
-        if kind == "sample":
-            return {"model": lm(s.sample_from(i))}
+        if kind == "sample":  # the first sample job draws the base model: the shared base samples
+            return {"model": lm(s.sample_from(i)), **(base_samples_input("acf")(w) if i == s.sample_rounds()[0] else {})}
         if kind == "lm":
             r, samples = r_path(rounds, s.lm_r(i)), samples_path(rounds, s.lm_samples(i))
             return {"init": lm(i - 1), "r": str(r), "samples": str(samples)}

@@ -1,6 +1,7 @@
 """The controllability probe of a reward-conditioned model (Quark, DT-style): does its control token steer?
 
-On a fixed set of scored samples that training never sees (drawn from held-out training prompts):
+On a fixed set of scored samples that training never sees (the base samples of the probe split of the training
+prompts, methods/common/base_samples.py):
 
     delta(y) = log p(y | worst token, x) - log p(y | best token, x)      summed over the completion's tokens
 
@@ -22,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from core.errors import SuiteError
 from core.sampling import completion_logits, pack
 
 
@@ -33,16 +33,6 @@ class ProbeSample(NamedTuple):
     prompt_ids: list[int]
     completion_ids: list[int]
     reward: float
-
-
-def held_out_prompts(num_prompts: int, count: int, seed: int, key: int) -> list[int]:
-    """The `count` training prompts a probe set is drawn from (sorted indices), fixed by the run's seed and the
-    method's key alone, so that every round of a run and a resumed run probe the same prompts."""
-    if count >= num_prompts:
-        raise SuiteError(
-            f"a probe set of {count} prompts leaves none of the {num_prompts} training prompts to train on"
-        )
-    return sorted(int(i) for i in np.random.default_rng([seed, key]).permutation(num_prompts)[:count])
 
 
 def concordance(scores: Sequence[float], rewards: Sequence[float], groups: Sequence | None = None) -> float:

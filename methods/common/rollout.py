@@ -39,7 +39,7 @@ class ScoredSamples:
     prompt_index: list[int]  # index into the prompt list of each kept sample
     completions: list[list[int]]
     texts: list[str]
-    rewards: list[float]
+    rewards: list[float]  # None only where the caller kept unscored samples
     dropped: int
     tokens: int  # tokens generated, dropped samples included
     seconds: float  # sampling time, scoring excluded
@@ -56,9 +56,11 @@ def sample_and_score(
     suppress_ids: list[int] | None = None,
     desc: str = "rollout",
     logits_processor: list | None = None,
+    keep_unscored: bool = False,
 ) -> ScoredSamples:
     """Sample one completion of `prefixes[i]` for each i in `chosen` and score it against `prompts[i]`;
-    `logits_processor` reweights the model's scores as `core.sampling.sample` describes (decoding-time methods)."""
+    `logits_processor` reweights the model's scores as `core.sampling.sample` describes (decoding-time methods).
+    With `keep_unscored`, samples the reward could not score stay in, rewarded None, one per `chosen` entry."""
     started = time.perf_counter()
     batch = [prefixes[i] for i in chosen]
     completions = sample(model, tokenizer, batch, sampling, suppress_ids, f"{desc}: sampling", logits_processor)
@@ -66,13 +68,13 @@ def sample_and_score(
     texts, rewards = score_completions(
         reward, tokenizer, [prompts[i] for i in chosen], completions, desc=f"{desc}: scoring"
     )
-    keep = [k for k, r in enumerate(rewards) if r is not None]
+    keep = [k for k, r in enumerate(rewards) if keep_unscored or r is not None]
     return ScoredSamples(
         [chosen[k] for k in keep],
         [completions[k] for k in keep],
         [texts[k] for k in keep],
         [rewards[k] for k in keep],
-        len(rewards) - len(keep),
+        sum(r is None for r in rewards),
         sum(map(len, completions)),
         seconds,
     )

@@ -29,7 +29,8 @@ def run_identity(cfg, task: Task, seed: int) -> dict:
     """What a run directory's checkpoints belong to: every setting but how often they are written and kept."""
     config = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
     prompts = hashlib.sha256(json.dumps([[p.id, p.text] for p in task.train_prompts]).encode()).hexdigest()
-    return {"seed": seed, "task": task.name, "config": config, "prompts_sha256": prompts}
+    shared = {} if task.base_samples is None else {"base_samples_sha256": task.base_samples.digest}
+    return {"seed": seed, "task": task.name, "config": config, "prompts_sha256": prompts, **shared}
 
 
 def with_rates(stats: dict) -> dict:

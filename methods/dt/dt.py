@@ -1,6 +1,7 @@
 """Return-conditioned training in the style of the Decision Transformer (Chen et al., NeurIPS 2021), for LMs.
 
-sample   draw `num_samples` completions of the training prompts from the frozen base model, once
+sample   `num_samples` completions of the training prompts from the frozen base model, `samples_per_prompt` each: the
+         DAG's shared base samples (methods/common/base_samples.py), drawn once for every method that reads them
 score    reward each once (samples whose reward is None are dropped and counted)
 bin      cut the rewards at their K-quantiles into K return tokens R_0 (highest) .. R_{K-1}; equal rewards share one
 learn    LM loss on completion tokens given [R_k, prompt], k the sample's bin: no KL term, no entropy term, no new samples
@@ -12,7 +13,6 @@ prompt carries it. What Quark adds to this is the subject of README.md.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,28 +23,30 @@ from transformers import set_seed
 from core.config import from_dict
 from core.data import Prompt, write_json
 from core.errors import SuiteError
-from core.models import encode_prompts, load_model, read_meta
+from core.models import load_model, read_meta
 from core.sampling import Sampling
+from methods.common.base_samples import base_samples, explore_settings, scored
 from methods.common.generate import generate_jsonl
 from methods.common.lm import LMSchedule, target_nll, train_lm
-from methods.common.probe import ProbeSample, controllability, held_out_prompts
-from methods.common.rollout import sample_and_score
+from methods.common.probe import ProbeSample, controllability
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
 
 SOURCE = "methods/dt/method.yaml"
 META_FILE = "dt.json"
-PROBE_KEY = 1  # seeds the choice of the probe prompts, with the run's seed
 
 
 @dataclass
 class DTConfig:
     num_returns: int = field(default=5, metadata={"help": "K, the number of return bins and return tokens (Quark's K)"})
     num_samples: int | None = field(
-        default=None, metadata={"help": "scored samples drawn once from the base model (None: samples_per_prompt each)"}
+        default=None,
+        metadata={
+            "help": "scored base-model samples, samples_per_prompt per prompt (None: samples_per_prompt on each)"
+        },
     )
     samples_per_prompt: int = field(
-        default=46, metadata={"help": "samples per training prompt when num_samples is None"}
+        default=46, metadata={"help": "samples per training prompt (the first num_samples / samples_per_prompt)"}
     )
     explore_top_p: float = field(default=1.0, metadata={"help": "nucleus top-p while sampling (Quark's exploration)"})
     steps: int = field(default=23000, metadata={"help": "gradient steps on the scored samples"})
@@ -84,47 +86,31 @@ def return_bins(rewards: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return k - 1 - ascending, edges
 
 
-def draw_prompts(n_prompts: int, cfg: DTConfig, rng: np.random.Generator) -> list[int]:
-    """Prompt indices: shuffled passes over the training prompts until `num_samples` are drawn."""
-    total = n_prompts * cfg.samples_per_prompt if cfg.num_samples is None else cfg.num_samples
-    if total < 1:
-        raise SuiteError(f"{SOURCE}: num_samples and samples_per_prompt must draw at least one sample")
-    passes = -(-total // n_prompts)
-    return np.concatenate([rng.permutation(n_prompts) for _ in range(passes)])[:total].tolist()
-
-
 def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: int, device: str) -> Path:
     set_seed(seed)
     cfg = from_dict(DTConfig, hparams, SOURCE)
-    rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     model, tokenizer = load_model(base_model, device)
     vocab_size = model.get_input_embeddings().num_embeddings  # V0, before the return tokens
 
-    prompts = [p.text for p in task.train_prompts]
-    prompt_ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-    held_out = set(held_out_prompts(len(prompts), cfg.probe_prompts, seed, PROBE_KEY))
-    trained = [i for i in range(len(prompts)) if i not in held_out]
-    chosen = [trained[i] for i in draw_prompts(len(trained), cfg, rng)]
-    sampling = dataclasses.replace(
-        task.sampling, top_p=cfg.explore_top_p, do_sample=True, batch_size=cfg.sample_batch_size
+    drawn, probe_rows, sample_stats = base_samples(
+        task,
+        model,
+        tokenizer,
+        cfg.num_samples,
+        cfg.samples_per_prompt,
+        seed,
+        "dt: base samples",
+        **explore_settings(cfg),
     )
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        ro = sample_and_score(model, tokenizer, task.reward, prompts, prompt_ids, chosen, sampling, desc="dt")
-        probe_chosen = [i for i in sorted(held_out) for _ in range(cfg.probe_samples_per_prompt)]
-        probe_ro = (
-            sample_and_score(
-                model, tokenizer, task.reward, prompts, prompt_ids, probe_chosen, sampling, desc="dt: probe set"
-            )
-            if probe_chosen
-            else None
-        )
-    if not ro.rewards:
+    rows = scored(drawn)
+    if not rows:
         raise SuiteError(f"task '{task.name}': the reward returned None for every sample; nothing to train on")
 
-    bins, edges = return_bins(np.array(ro.rewards), cfg.num_returns)
+    rewards = np.array([r["reward"] for r in rows])
+    bins, edges = return_bins(rewards, cfg.num_returns)
     token_ids = add_control_tokens(model, tokenizer, return_token_names(cfg.num_returns))
-    pairs = [([token_ids[b]] + prompt_ids[i], c) for b, i, c in zip(bins, ro.prompt_index, ro.completions)]
+    pairs = [([token_ids[b]] + r["prompt_ids"], r["completion_ids"]) for b, r in zip(bins, rows)]
 
     def lm_loss(model, packed):  # the LM loss over the original vocabulary: return tokens are never targets
         return target_nll(model, packed, vocab_size).sum() / packed.completion_mask.sum().clamp(min=1)
@@ -134,16 +120,10 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     )
     learned = train_lm(model, pairs, schedule, tokenizer.pad_token_id, seed=seed, desc="dt: training", loss_fn=lm_loss)
 
-    rewards = np.array(ro.rewards)
     best, worst = int(bins[rewards.argmax()]), int(bins[rewards.argmin()])
-    probe_set = (
-        []
-        if probe_ro is None
-        else [
-            ProbeSample(task.train_prompts[i].id, prompt_ids[i], c, r)
-            for i, c, r in zip(probe_ro.prompt_index, probe_ro.completions, probe_ro.rewards)
-        ]
-    )
+    probe_set = [
+        ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"]) for r in scored(probe_rows)
+    ]
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
         probe = (
             controllability(
@@ -176,12 +156,9 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
     write_json(
         out_dir / "train_stats.json",
         {
-            "sampled": len(chosen),
-            "dropped_unscored": ro.dropped,
+            "sampled": len(drawn),
             "sample_reward": float(rewards.mean()),
-            "sample_tokens": ro.tokens,
-            "sample_seconds": ro.seconds,
-            "sample_tokens_per_second": ro.tokens / max(ro.seconds, 1e-9),
+            **sample_stats,
             **learned,
             "edges": meta["edges"],
             "bins": per_bin,

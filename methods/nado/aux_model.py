@@ -46,9 +46,10 @@ from core.data import iter_jsonl
 from core.errors import SuiteError
 from core.models import encode_prompts
 from core.sampling import Packed, completion_logits, pack
+from methods.common.base_samples import base_samples, scored, split_prompts
 from methods.common.kl import masked_mean
 from methods.common.lm import shuffled_batches
-from methods.common.probe import concordance, held_out_prompts
+from methods.common.probe import concordance
 from methods.common.rollout import sample_and_score
 from methods.common.speed import adamw
 from methods.common.task import Task
@@ -253,9 +254,6 @@ def r_loss(
     return loss, stats
 
 
-R_PROBE_KEY = 424_242  # seeds the choice of R's held-out prompts, apart from every sampling draw
-
-
 def sample_prompts(candidates: list[int], n: int, per_prompt: int, rng: np.random.Generator) -> list[int]:
     """n prompt indices, each chosen prompt `per_prompt` times in a row: shuffled passes over the candidates, so
     every prompt is used before any repeats."""
@@ -274,49 +272,66 @@ def collect_samples(
     rng: np.random.Generator,
     desc: str = "sampling",
     probe_seed: int = 0,
+    base: bool = False,
 ) -> tuple[list[dict], dict]:
     """Sample n completions (`cfg.samples_per_prompt` per chosen prompt) and R's probe set, and score them; returns
     (samples, stats).
 
     A sample is {prompt_id, prompt, prompt_ids, completion_ids, text, reward, probe}; `probe` marks the samples of
-    the `cfg.r_probe_prompts` held-out prompts (fixed by `probe_seed`, the run's seed), which R never trains on.
-    Samples whose reward is None are dropped and counted.
+    the run's probe split (methods/common/base_samples.py, fixed by `probe_seed`, the run's seed), which R never
+    trains on. With `base`, `model` is the base model and the samples are the run's base samples: the task's shared
+    set where it holds them. Samples whose reward is None are dropped and counted.
     """
-    device = str(next(model.parameters()).device)
-    texts = [p.text for p in task.train_prompts]
-    prefixes = encode_prompts(tokenizer, texts, cfg.max_prompt_tokens)
-    sampling = replace(task.sampling, top_p=cfg.sample_top_p, do_sample=True, batch_size=cfg.sample_batch_size)
-    probe = held_out_prompts(len(texts), cfg.r_probe_prompts, probe_seed, R_PROBE_KEY)
-    rest = sorted(set(range(len(texts))) - set(probe))
-    chosen = [i for i in probe for _ in range(cfg.samples_per_prompt)]
-    chosen += sample_prompts(rest, n, cfg.samples_per_prompt, rng)
-    with autocast(device, cfg.bf16):
-        rollout = sample_and_score(model, tokenizer, task.reward, texts, prefixes, chosen, sampling, desc=desc)
-    if not rollout.rewards:
-        raise SuiteError(f"{desc}: the reward returned None for every sample")
-    held_out = set(probe)
-    samples = [
-        {
-            "prompt_id": task.train_prompts[i].id,
-            "prompt": texts[i],
-            "prompt_ids": prefixes[i],
-            "completion_ids": c,
-            "text": t,
-            "reward": r,
-            "probe": i in held_out,
+    settings = dict(
+        probe_prompts=cfg.r_probe_prompts,
+        probe_samples_per_prompt=cfg.samples_per_prompt,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        top_p=cfg.sample_top_p,
+        batch_size=cfg.sample_batch_size,
+        bf16=cfg.bf16,
+    )
+    if base:
+        train, probe, stats = base_samples(
+            task, model, tokenizer, n, cfg.samples_per_prompt, probe_seed, desc, **settings
+        )
+        rows, stats["dropped_unscored"] = (
+            scored(probe) + scored(train),
+            len(probe) + len(train) - len(scored(probe + train)),
+        )
+    else:
+        device = str(next(model.parameters()).device)
+        texts = [p.text for p in task.train_prompts]
+        prefixes = encode_prompts(tokenizer, texts, cfg.max_prompt_tokens)
+        sampling = replace(task.sampling, top_p=cfg.sample_top_p, do_sample=True, batch_size=cfg.sample_batch_size)
+        probe, rest = split_prompts(len(texts), cfg.r_probe_prompts, probe_seed)
+        chosen = [i for i in probe for _ in range(cfg.samples_per_prompt)]
+        chosen += sample_prompts(sorted(rest), n, cfg.samples_per_prompt, rng)
+        with autocast(device, cfg.bf16):
+            ro = sample_and_score(model, tokenizer, task.reward, texts, prefixes, chosen, sampling, desc=desc)
+        held_out = set(probe)
+        rows = [
+            {"prompt_id": task.train_prompts[i].id, "prompt": texts[i], "prompt_ids": prefixes[i]}
+            | {"completion_ids": c, "text": t, "reward": r, "probe": i in held_out}
+            for i, c, t, r in zip(ro.prompt_index, ro.completions, ro.texts, ro.rewards)
+        ]
+        stats = {
+            "dropped_unscored": ro.dropped,
+            "tokens": ro.tokens,
+            "sample_seconds": ro.seconds,
+            "tokens_per_second": ro.tokens / max(ro.seconds, 1e-9),
         }
-        for i, c, t, r in zip(rollout.prompt_index, rollout.completions, rollout.texts, rollout.rewards)
-    ]
-    stats = {
+    if not rows:
+        raise SuiteError(f"{desc}: the reward returned None for every sample")
+    samples = [{k: row[k] for k in SAMPLE_KEYS} for row in rows]
+    stats |= {
         "samples": len(samples),
         "probe_samples": sum(s["probe"] for s in samples),
-        "dropped_unscored": rollout.dropped,
-        "mean_reward": float(np.mean(rollout.rewards)),
-        "tokens": rollout.tokens,
-        "sample_seconds": rollout.seconds,
-        "tokens_per_second": rollout.tokens / max(rollout.seconds, 1e-9),
+        "mean_reward": float(np.mean([s["reward"] for s in samples])),
     }
     return samples, stats
+
+
+SAMPLE_KEYS = ("prompt_id", "prompt", "prompt_ids", "completion_ids", "text", "reward", "probe")
 
 
 def read_samples(path: str | Path) -> list[dict]:

@@ -127,6 +127,7 @@ def train(task: Task, base_model: Path, out_dir: Path, hparams: dict, *, seed: i
         np.random.default_rng(seed),
         desc="sampling from the base model",
         probe_seed=seed,
+        base=True,
     )
     write_jsonl(out_dir / "samples.jsonl", samples)
     aux = AuxModel.from_base(base_model, cfg.r_layers, device, base_rate(samples, cfg.label_threshold))

@@ -1,7 +1,8 @@
 """Quark: Quantized Reward Konditioning (Lu et al., NeurIPS 2022).
 
 for round r = 0 .. R-1:
-    explore   sample completions: the frozen reference p0 at r = 0, else the policy given the best reward token
+    explore   sample completions: the frozen reference p0 at r = 0 (the DAG's shared base samples,
+              methods/common/base_samples.py), else the policy given the best reward token
     score     reward each sample; commit it to the pool (samples whose reward is None are kept out and counted)
     quantize  re-rank the whole pool into K equal quantiles; quantile k is marked by reward token r_k (r_0 best)
     learn     minimise NLL + beta * KL(pi(.|r_k, x, y<t) || p0(.|x, y<t)) - alpha * H(pi) on completion tokens
@@ -87,22 +88,26 @@ class Trainer(QuarkState):
     def explore(self, rnd: int) -> list[float]:
         """Sample and score this round's batches not yet in the pool; returns the round's scored rewards (main)."""
         cfg = self.cfg
-        m = len(self.explore_idx)
-        n = m if cfg.prompts_per_round is None else min(cfg.prompts_per_round, m)
-        chosen = np.random.default_rng([self.seed, rnd, 0]).choice(m, size=n, replace=False)
-        chosen = [self.explore_idx[i] for i in chosen for _ in range(cfg.samples_per_prompt)]
-        batches = self.batches(chosen)
-        if self.main and cfg.clear_pool_each_round:
-            self.pool.clear(before_round=rnd)
-        done = broadcast_object_list([self.pool.explored_slots(rnd) if self.main else None])[0]
-        todo = [b for b, slots in enumerate(batches) if not set(slots) <= done]
         started = time.perf_counter()
-        self.policy.eval()
-        for rows in in_waves(
-            self.acc, todo, lambda b: self.sample_batch(rnd, b, batches[b], chosen), f"round {rnd}: exploring"
-        ):
-            if self.main:
-                self.pool.add(sorted(rows, key=lambda s: s.slot))  # committed before anyone trains on it
+        if rnd == 0:  # p0's samples: the run's base samples, committed at once
+            if self.main and not self.pool.explored_slots(0):
+                self.pool.add(self.base_samples(0))
+        else:
+            m = len(self.explore_idx)
+            n = m if cfg.prompts_per_round is None else min(cfg.prompts_per_round, m)
+            chosen = np.random.default_rng([self.seed, rnd, 0]).choice(m, size=n, replace=False)
+            chosen = [self.explore_idx[i] for i in chosen for _ in range(cfg.samples_per_prompt)]
+            batches = self.batches(chosen)
+            if self.main and cfg.clear_pool_each_round:
+                self.pool.clear(before_round=rnd)
+            done = broadcast_object_list([self.pool.explored_slots(rnd) if self.main else None])[0]
+            todo = [b for b, slots in enumerate(batches) if not set(slots) <= done]
+            self.policy.eval()
+            for rows in in_waves(
+                self.acc, todo, lambda b: self.sample_batch(rnd, b, batches[b], chosen), f"round {rnd}: exploring"
+            ):
+                if self.main:
+                    self.pool.add(sorted(rows, key=lambda s: s.slot))  # committed before anyone trains on it
         self.stats["explore_seconds"] += time.perf_counter() - started
         if not self.main:
             return []

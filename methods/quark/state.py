@@ -22,11 +22,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import sample
+from methods.common.base_samples import base_samples, explore_settings, split_prompts
 from methods.common.checkpoint import Checkpoints
 from methods.common.distributed import accelerator
 from methods.common.kl import KLController
 from methods.common.lora import adapters_disabled, add_lora
-from methods.common.probe import controllability, held_out_prompts
+from methods.common.probe import controllability
 from methods.common.rollout import score_completions
 from methods.common.speed import adamw
 from methods.common.task import Task
@@ -36,7 +37,6 @@ from methods.quark.config import SOURCE, QuarkConfig
 from methods.quark.pool import PROBE_ROUND, Pool, Sample
 
 META_FILE = "quark.json"
-PROBE_ROUND_KEY = 999_999  # seeds the probe set's draws, apart from every round's
 
 
 def reward_token_names(k: int) -> list[str]:
@@ -72,8 +72,8 @@ class QuarkState(Resumable):
         self.device = self.acc.device if self.world > 1 else torch.device(device)
         self.quiet = {} if self.main else {"disable": True}  # progress bars from the main process only
         self.prompts = task.train_prompts
-        self.probe_idx = held_out_prompts(len(self.prompts), cfg.probe_prompts, seed, PROBE_ROUND_KEY)  # never explored
-        self.explore_idx = [i for i in range(len(self.prompts)) if i not in set(self.probe_idx)]
+        self.probe_idx, rest = split_prompts(len(self.prompts), cfg.probe_prompts, seed)  # never explored
+        self.explore_idx = sorted(rest)
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", "quark", cfg.keep_checkpoints)
         self.pool: Pool | None = None  # the main process's; the others receive its samples
         resume = self.open_pool() if self.main else None
@@ -100,6 +100,7 @@ class QuarkState(Resumable):
         self.history: list[dict] = []  # this round's step statistics
         self.explored: dict = {}  # this round's exploration summary
         self.probe_samples: list[Sample] = []  # the main process's probe set
+        self.base: tuple | None = None  # the main process's base samples: (round 0's, the probe set's, their source)
         if resume is not None:
             self.restore(Path(resume))
             self.stats["processes"] = self.world
@@ -143,17 +144,44 @@ class QuarkState(Resumable):
     def condition(self, prompt_ids: list[int], k: int) -> list[int]:
         return place_token(prompt_ids, self.reward_ids[k], self.cfg.token_position)
 
+    def base_samples(self, kind: int) -> list[Sample]:
+        """Main process: p0's scored samples, round 0's (kind 0) or the probe set's (PROBE_ROUND), from the task's
+        shared base samples (methods/common/base_samples.py) or drawn here."""
+        cfg = self.cfg
+        if self.base is None:
+            m = len(self.explore_idx)
+            n = m if cfg.prompts_per_round is None else min(cfg.prompts_per_round, m)
+            with self.reference() as model:
+                self.base = base_samples(
+                    self.task,
+                    model,
+                    self.tokenizer,
+                    n * cfg.samples_per_prompt,
+                    cfg.samples_per_prompt,
+                    self.seed,
+                    "round 0: base samples",
+                    None if self.ref is not None else self.reward_ids,  # p0 under LoRA has their rows
+                    **explore_settings(cfg),
+                )
+            self.stats["base_samples"] = self.base[2]["base_samples"]
+        rows = self.base[0] if kind == 0 else self.base[1]
+        return [
+            Sample(
+                r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["prompt"], r["text"], r["reward"], kind, slot
+            )
+            for slot, r in enumerate(rows)
+        ]
+
     def sample_batch(self, rnd: int, batch: int, slots: list[int], chosen: list[int]) -> list[Sample]:
-        """Sample and score one exploration batch, from its own seed: the same draw whenever and wherever it runs.
-        Round 0 and the probe set (round PROBE_ROUND) sample p0, later rounds the policy given the best token."""
-        suppress = None if rnd <= 0 and self.ref is not None else self.reward_ids  # the frozen p0 has no such rows
+        """Sample and score one exploration batch of round `rnd` >= 1 from the policy given the best token, from
+        the batch's own seed: the same draw whenever and wherever it runs."""
         sampling = replace(self.task.sampling, top_p=self.cfg.explore_top_p, batch_size=len(slots), do_sample=True)
         prompts = [chosen[i] for i in slots]
-        prefixes = [self.prompt_ids[p] if rnd <= 0 else self.condition(self.prompt_ids[p], 0) for p in prompts]
-        torch.manual_seed(derived_seed(self.seed, *((rnd, 0) if rnd >= 0 else (PROBE_ROUND_KEY,)), batch))
-        with self.reference() if rnd <= 0 else contextlib.nullcontext(self.acc.unwrap_model(self.policy)) as model:
-            with self.autocast():
-                completions = sample(model, self.tokenizer, prefixes, sampling, suppress, desc=f"batch {batch}")
+        prefixes = [self.condition(self.prompt_ids[p], 0) for p in prompts]
+        torch.manual_seed(derived_seed(self.seed, rnd, 0, batch))
+        model = self.acc.unwrap_model(self.policy)
+        with self.autocast():
+            completions = sample(model, self.tokenizer, prefixes, sampling, self.reward_ids, desc=f"batch {batch}")
         texts, rewards = score_completions(
             self.task.reward,
             self.tokenizer,
@@ -173,13 +201,10 @@ class QuarkState(Resumable):
     # ---- the probe of what the reward token has learned ----
 
     def probe_set(self) -> list[Sample]:
-        """Main process: scored samples of p0 on the held-out prompts, drawn once and kept in the pool under round
-        PROBE_ROUND (never trained on), so that a resumed run probes the same samples."""
-        chosen = [i for i in self.probe_idx for _ in range(self.cfg.probe_samples_per_prompt)]
-        done = self.pool.explored_slots(PROBE_ROUND)
-        for b, slots in enumerate(tqdm(self.batches(chosen), desc="probe set", leave=False)):
-            if not set(slots) <= done:
-                self.pool.add(self.sample_batch(PROBE_ROUND, b, slots, chosen))
+        """Main process: scored samples of p0 on the probe split, kept in the pool under round PROBE_ROUND (never
+        trained on), so that a resumed run probes the same samples."""
+        if not self.pool.explored_slots(PROBE_ROUND):
+            self.pool.add(self.base_samples(PROBE_ROUND))
         return self.pool.samples(PROBE_ROUND)
 
     def probe(self) -> dict[str, float]:

@@ -90,6 +90,10 @@ def test_test_profile_runs_end_to_end(repo_copy):
     assert {"prompt_id", "sample", "text", "token_ids"} <= set(records[0])
     stats = json.loads((out / "quark" / "seed0" / "train_stats.json").read_text())
     assert len(stats["rounds"]) == 2 and stats["rounds"][1]["pool_size"] == 40
+    # round 0 was the task's shared base samples, 20 of them: the first draw of the set's first 20 prompts
+    assert stats["base_samples"] == "shared: results/test/toxicity/_base_samples/seed0/samples.jsonl", stats
+    shared = [json.loads(line) for line in (out / "_base_samples" / "seed0" / "samples.jsonl").open()]
+    assert len(shared) == 2 * 40 and stats["rounds"][0]["pool_size"] == 20
     # what produced the row: versions, machine and dtype, from training (model.json) and evaluation
     prov = json.loads((out / "quark" / "metrics.json").read_text())["provenance"]
     assert prov["train"]["packages"]["torch"] == prov["evaluate"]["packages"]["torch"] == torch.__version__
@@ -313,6 +317,7 @@ def test_a_request_no_node_can_take_fails_before_submission(repo_copy, tmp_path)
 TRAINING_RULES = {
     "prepare_train_prompts",
     "prepare_corpus",
+    "base_samples",
     "train",
     "dexperts_expert",
     "dexperts_ensemble",
@@ -432,3 +437,34 @@ def test_budget_curve_of_a_method_without_budget_keys_fails_in_one_line(repo_cop
     change = override(repo_copy, budget_curve={"methods": ["base"], "budgets": [1, 2]})
     result = snakemake(repo_copy, "-n", "budget_curve", "--configfile", TEST, change)
     assert_one_line_error(result, "budget_curve", "no variant 'x2'", "budget_keys")
+
+
+def planned_jobs(result) -> list[dict]:
+    """Each planned job of a dry run as {rule, input: [...], output: [...], wildcards}."""
+    jobs = []
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            jobs.append({"rule": line.split()[1].rstrip(":"), "input": [], "output": []})
+        elif jobs and line.strip().startswith(("input:", "output:")):
+            key, _, files = line.strip().partition(": ")
+            jobs[-1][key] = files.split(", ")
+    return jobs
+
+
+def test_the_base_samples_are_drawn_once_per_task_for_every_method_that_learns_from_them(repo_copy):
+    rows = override(repo_copy, methods=["base", "quark", "dt", "nado", "acf"], tasks=["toxicity", "repetition"])
+    result = snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    drawn = sorted(out for j in jobs if j["rule"] == "base_samples" for out in j["output"] if out.endswith(".jsonl"))
+    assert drawn == [f"results/test/{t}/_base_samples/seed0/samples.jsonl" for t in ("repetition", "toxicity")]
+    for task, samples in zip(("repetition", "toxicity"), drawn):
+        readers = sorted(
+            next(o for o in j["output"] if "/seed0/" in o).split("/")[3] + ("" if j["rule"] == "train" else j["rule"])
+            for j in jobs
+            if samples in j["input"]
+        )
+        # Quark, DT-style and NADO train from them; of ACF's jobs only round 0's sampling reads them
+        assert readers == ["acfacf_sample", "dt", "nado", "quark"], (task, readers)
+        acf_rounds = [j for j in jobs if j["rule"] == "acf_sample" and f"/{task}/" in j["output"][0]]
+        assert len(acf_rounds) > 1 and sum(samples in j["input"] for j in acf_rounds) == 1

@@ -114,6 +114,7 @@ for _m, _spec in METHODS.items():
 GENERIC_TRAIN = "|".join([m for m in METHODS if m not in METHOD_RULES] +
                          [f"{m}-x[1-9][0-9]*" for m in METHODS if METHODS[m].get("budget_keys")]) or "(?!)"
 PROFILE = config["profile"]
+BASE_SAMPLES = f"{config['results_dir'].rstrip('/')}/{PROFILE}/{{task}}/_base_samples/seed{{seed}}"
 GPUS = int(config["device"].startswith("cuda"))  # the `gpu` resource of every rule that loads a model
 R = f"{config['results_dir'].rstrip('/')}/{PROFILE}"
 TASKS = config["tasks"]
@@ -309,6 +310,32 @@ def hparams(method, task=None):
         fail(str(exc))
 
 
+def base_samples_spec(task):
+    """The config's `base_samples` for one task (its `per_task` entry on top), checked as methods/common/base_samples.py
+    reads it: what the base_samples rule draws."""
+    from core.config import from_dict
+    from methods.common.base_samples import Spec
+
+    source = f"{CONFIG_FILES}: base_samples"
+    try:
+        merged = for_task([config["base_samples"]], task, source)
+        from_dict(Spec, merged, source)
+    except SuiteError as exc:
+        fail(str(exc))
+    return merged
+
+
+def base_samples_input(method):
+    """The shared base samples as an input of `method`'s jobs that read them (method.yaml: `base_samples: true`)."""
+    wanted = METHODS[method].get("base_samples", False)
+    return lambda w: {"base_samples": BASE_SAMPLES.format(task=w.task, seed=w.seed) + "/samples.jsonl"} if wanted else {}
+
+
+if any(METHODS[split_row(row)[0]].get("base_samples") for row in config["methods"] if split_row(row)[0] in METHODS):
+    for _task in TASKS:
+        base_samples_spec(_task)  # a bad setting fails now, in one line
+
+
 def run_hparams(run, task):
     """A training run's hyperparameters: its method's (`hparams`), with a budget row's `budget_keys` scaled."""
     method, _ = split_row(run)
@@ -332,13 +359,13 @@ def display_name(row):
 # jobs) each job asks for what config `cluster` says; locally, model jobs take every core.
 CLUSTER = workflow._cores is None or workflow.remote_exec
 # Per-rule requests sized for the mini profile; config cluster.mem_mb and cluster.runtime override them by name.
-JOB_MEM_MB = {"train": 12000, "generate": 6000, "evaluate": 6000, "type_sentiment_prompts": 6000,
+JOB_MEM_MB = {"train": 12000, "base_samples": 4000, "generate": 6000, "evaluate": 6000, "type_sentiment_prompts": 6000,
               "base_model": 4000, "toxicity_head": 4000, "prepare_corpus": 2000, "dexperts_expert": 8000,
               "dexperts_ensemble": 6000, "acf_sample": 4000, "acf_train_r": 4000, "acf_train_lm": 8000,
               "acf_finish": 4000, "default": 1000}
-JOB_RUNTIME = {"train": 480, "dexperts_expert": 240, "acf_train_lm": 120, "acf_train_r": 120, "acf_sample": 120,
+JOB_RUNTIME = {"train": 480, "base_samples": 60, "dexperts_expert": 240, "acf_train_lm": 120, "acf_train_r": 120, "acf_sample": 120,
                "type_sentiment_prompts": 120, "generate": 120, "evaluate": 120, "default": 60}
-MODEL_RULES = {"train", "generate", "evaluate", "type_sentiment_prompts", "prepare_corpus", "dexperts_expert",
+MODEL_RULES = {"train", "base_samples", "generate", "evaluate", "type_sentiment_prompts", "prepare_corpus", "dexperts_expert",
                "acf_sample", "acf_train_r", "acf_train_lm"}
 
 

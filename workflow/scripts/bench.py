@@ -5,15 +5,17 @@ Prints the CPU, the measured matmul peak (2048 x 2048, fp32 and bf16 autocast) a
   and bf16 autocast (batch 64, 32-token prompts, 20 new tokens, EOS suppressed so that every sampler draws as many);
 - training: sequences/s of one Quark step (batch 16: policy forward and backward, reference forward, the loss,
   AdamW) and one PPO minibatch (40 sequences as 2 micro-batches of 20: policy and value forward and backward,
-  AdamW), in the machine's native dtype (`bf16: auto`), prompts of 8 to 32 tokens, 20-token completions;
+  AdamW) and one GRPO step (TRL's GRPOTrainer as methods/grpo runs it, batch 16 = 2 prompts x 8 completions:
+  sampling, a stand-in reward, the reference forward, policy forward and backward, AdamW), in the machine's native
+  dtype (`bf16: auto`), prompts of 8 to 32 tokens, 20-token completions;
 - memory: a Quark step's peak resident size and what its tensors account for.
 
 "before" is the suite as it was (glibc's default allocator, unfused AdamW), "after" is today's (freed memory kept,
 fused AdamW: methods/common/speed.py). The allocator is a process-wide setting, so every measurement runs in a
 fresh worker process, before and after alternating, `--repeats` times each; a row gives the median. FLOPs are
 2 x parameters x tokens read (the embedding counted once, as the tied LM head; attention left out) for a forward
-pass and 3x that for a forward and backward pass, so a share of the peak is an estimate. GRPO's step is TRL's
-trainer and is not timed here; it takes the fused AdamW too.
+pass and 3x that for a forward and backward pass, so a share of the peak is an estimate (GRPO's: a forward to
+sample, the reference's forward, the policy's forward and backward, 10x in all).
 
     .venv/bin/python workflow/scripts/bench.py --model results/mini/base_model [--repeats 3] [--quick]
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 VARIANTS = ("before", "after")
+KINDS = ("sampling", "quark", "ppo", "grpo")
 
 
 def cpu() -> str:
@@ -169,6 +172,59 @@ def ppo_worker(torch, args, variant: str, bf16: bool) -> dict:
     return out
 
 
+def grpo_worker(torch, args, variant: str, bf16: bool) -> dict:
+    """Seconds per optimizer step of methods/grpo's trainer: TRL samples, scores, and takes one step."""
+    import tempfile
+
+    from transformers import TrainerCallback
+    from transformers.training_args import OptimizerNames
+
+    from core.data import Prompt
+    from core.sampling import Sampling
+    from methods.common.task import Task
+    from methods.grpo.grpo import GRPOHparams, build_trainer
+
+    prompts, _ = batch_ids(torch, 64, 0)
+    texts = [" ".join(f"w{t}" for t in p) for p in prompts]
+
+    def reward(prompts, completions, completion_ids=None, **kwargs):  # varies within a group: advantages not all 0
+        return [float(len(set(ids)) % 3) for ids in completion_ids]
+
+    sampling = Sampling(max_new_tokens=20, min_new_tokens=20, top_p=1.0)
+    task = Task("bench", [Prompt(str(i), t, {}) for i, t in enumerate(texts)], reward, sampling)
+    cfg = GRPOHparams(
+        scored_samples=args.grpo_batch * (2 + args.steps),
+        batch_size=args.grpo_batch,
+        num_generations=8,
+        lr=1e-5,
+        max_prompt_tokens=32,
+        bf16=bf16,
+        save_steps=None,
+        logging_steps=1000,
+    )
+    steps: list[dict] = []
+
+    class Clock(TrainerCallback):  # one optimizer step: TRL samples, scores and learns
+        def on_step_begin(self, *a, **k):
+            steps.append({"started": time.perf_counter(), "usage": usage()})
+
+        def on_step_end(self, *a, **k):
+            faults, kernel = usage()
+            step = steps[-1]
+            step |= {"seconds": time.perf_counter() - step["started"], "faults": faults - step["usage"][0]}
+            step["kernel_seconds"] = kernel - step["usage"][1]
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer, _ = build_trainer(task, args.model, Path(out), cfg, seed=0, device="cpu")
+        if variant == "before":  # the suite before methods/common/speed.py: unfused AdamW
+            trainer.args.optim = OptimizerNames.ADAMW_TORCH
+        trainer.add_callback(Clock())
+        trainer.train()
+    timed_steps = steps[2:]  # the first two steps warm up
+    out = {key: statistics.median(s[key] for s in timed_steps) for key in ("seconds", "faults", "kernel_seconds")}
+    return {"grpo step": {**out, "tokens": args.grpo_batch * (32 + 20)}}
+
+
 def load(path: Path):
     from core.models import load_model
 
@@ -210,8 +266,10 @@ def worker(args) -> None:
         out = sampling_worker(torch, args, args.worker_variant)
     elif kind == "quark":
         out = quark_worker(torch, args, args.worker_variant, bf16)
-    else:
+    elif kind == "ppo":
         out = ppo_worker(torch, args, args.worker_variant, bf16)
+    else:
+        out = grpo_worker(torch, args, args.worker_variant, bf16)
     print(json.dumps(out))
 
 
@@ -234,6 +292,8 @@ def run_worker(args, kind: str, variant: str) -> dict:
         str(args.quark_batch),
         "--ppo-batch",
         str(args.ppo_batch),
+        "--grpo-batch",
+        str(args.grpo_batch),
     ]
     cmd = [sys.executable, __file__, "--worker", kind, "--worker-variant", variant, *passed]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -249,17 +309,19 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=20, help="sampled tokens per sequence")
     parser.add_argument("--quark-batch", type=int, default=16, help="sequences per Quark step (mini: 16)")
     parser.add_argument("--ppo-batch", type=int, default=40, help="sequences per PPO minibatch (mini: 40)")
+    parser.add_argument("--grpo-batch", type=int, default=16, help="completions per GRPO step (mini: 16)")
     parser.add_argument("--steps", type=int, default=3, help="timed calls per worker (median)")
     parser.add_argument("--repeats", type=int, default=3, help="workers per variant, before and after alternating")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--only", choices=("sampling", "quark", "ppo"), action="append", help="measure only these")
+    parser.add_argument("--only", choices=KINDS, action="append", help="measure only these")
     parser.add_argument("--quick", action="store_true", help="small batches, 1 step, 1 repeat: a smoke test")
-    parser.add_argument("--worker", choices=("sampling", "quark", "ppo"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.quick:
         args.batch, args.new_tokens, args.quark_batch, args.ppo_batch, args.steps, args.repeats = 8, 4, 4, 4, 1, 1
+        args.grpo_batch = 8
     if args.worker:
         worker(args)
         return
@@ -284,7 +346,7 @@ def main() -> None:
 
     results: dict[str, dict[str, list[dict]]] = {}
     for _ in range(args.repeats):
-        for kind in args.only or ("sampling", "quark", "ppo"):
+        for kind in args.only or KINDS:
             for variant in VARIANTS:
                 for name, m in run_worker(args, kind, variant).items():
                     results.setdefault(name, {}).setdefault(variant, []).append(m)
@@ -304,9 +366,10 @@ def report(results: dict, peak: dict, native: str, params: int, args) -> None:
             flops = 2 * params * args.batch * (32 + args.new_tokens)
         else:
             unit = "seq/s"
-            work = args.quark_batch if name.startswith("quark") else args.ppo_batch
+            kind = name.split()[0]
+            work = {"quark": args.quark_batch, "ppo": args.ppo_batch, "grpo": args.grpo_batch}[kind]
             tokens = median(name, "after", "tokens")
-            flops = (6 + 2 * name.startswith("quark")) * params * tokens  # Quark: + the reference's forward
+            flops = {"quark": 8, "ppo": 6, "grpo": 10}[kind] * params * tokens  # + a reference forward, + sampling
         cells = []
         for variant in by_variant:
             s = median(name, variant, "seconds")

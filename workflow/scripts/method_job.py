@@ -29,6 +29,7 @@ def run(sm):
         getattr(inputs, "corpus", None),
         getattr(params, "reward", None),
         getattr(params, "sampling", None),
+        getattr(inputs, "base_samples", None),
     )
     model_dir = job(task, sm)
     if model_dir is not None:

@@ -22,6 +22,7 @@ def run(sm):
         "task": sm.wildcards.task,
         "prompts": sm.input.prompts,
         "corpus": sm.input.corpus,
+        "base_samples": getattr(sm.input, "base_samples", None),
         "base": sm.input.base,
         "reward": dict(sm.params.reward),
         "sampling": dict(sm.params.sampling),

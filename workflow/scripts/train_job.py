@@ -16,11 +16,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def build_task(name: str, prompts=None, corpus=None, reward: dict | None = None, sampling: dict | None = None):
+def build_task(
+    name: str,
+    prompts=None,
+    corpus=None,
+    reward: dict | None = None,
+    sampling: dict | None = None,
+    base_samples=None,
+):
     """A method's Task from the job's files and settings; what a job does not need stays empty (no reward: no scorer
     is loaded)."""
     from core.data import read_corpus, read_prompts
     from core.sampling import Sampling, train_sampling
+    from methods.common.base_samples import BaseSamples
     from methods.common.rewards import get_reward
     from methods.common.task import Task
 
@@ -33,13 +41,16 @@ def build_task(name: str, prompts=None, corpus=None, reward: dict | None = None,
         reward,
         train_sampling(sampling) if sampling is not None else Sampling(),
         read_corpus(corpus) if corpus else [],
+        BaseSamples.read(base_samples) if base_samples else None,
     )
 
 
 def run_job(job: dict) -> Path:
     """Build the task (prompts, corpus, reward, exploration sampling) and call the method's train()."""
     method = importlib.import_module(f"methods.{job['method']}")
-    task = build_task(job["task"], job["prompts"], job["corpus"], job["reward"], job["sampling"])
+    task = build_task(
+        job["task"], job["prompts"], job["corpus"], job["reward"], job["sampling"], job.get("base_samples")
+    )
     return method.train(
         task, Path(job["base"]), Path(job["out_dir"]), dict(job["hparams"]), seed=int(job["seed"]), device=job["device"]
     )
