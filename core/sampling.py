@@ -14,6 +14,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from core.speed import flash_attention
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -162,7 +164,10 @@ def sample(
     out: list[list[int]] = []
     for start in tqdm(range(0, len(prefixes), sampling.batch_size), desc=desc, unit="batch", leave=False):
         ids, mask = _left_pad(prefixes[start : start + sampling.batch_size], pad)
-        new = _decode(model, ids.to(device), mask.to(device), sampling, eos, pad, suppress_ids, logits_processor or [])
+        with flash_attention():  # the faster kernel for decoding on CPU (core/speed.py)
+            new = _decode(
+                model, ids.to(device), mask.to(device), sampling, eos, pad, suppress_ids, logits_processor or []
+            )
         out.extend(_trim(row, eos, pad) for row in new.tolist())
     return out
 
@@ -218,27 +223,29 @@ def _draw(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     A token is drawn by inverse CDF from the unfiltered distribution and drawn again while it falls outside the
     nucleus: rejection leaves exactly the renormalised nucleus, and a row is redrawn with probability at most
     1 - top_p. The nucleus test is the warper's: a token is out when the mass of the tokens no more likely than it
-    is at most 1 - top_p (compared in fp32, as the warper does), the most likely token always in. The mass is summed
-    in fp64: an fp32 softmax over 49k tokens in vocabulary order is off by ~1e-6, which moved the boundary token
-    in 2 of 384 rows of the mini model at top_p 0.95, where the warper's sorted one agrees with fp64.
+    is at most 1 - top_p (compared in fp32, as the warper does), the most likely token always in. The softmax is
+    the warper's fp32 one; its sums are accumulated in fp64: an fp32 sum over 49k tokens in vocabulary order is
+    off by ~1e-6, which moved the boundary token in 2 of 384 rows of the mini model at top_p 0.95, where the
+    warper's sorted one agrees with fp64. Every pass over the vocabulary is made once per step for all rows; a
+    redrawn row's alone (workflow/scripts/bench.py times it).
     """
-    probs = scores.softmax(-1, dtype=torch.float64)
-    cdf = probs.cumsum(-1)
+    probs = scores.softmax(-1)
+    cdf = probs.cumsum(-1, dtype=torch.float64)
     if cdf[:, -1].isnan().any():
         raise ValueError("sampling: a row's scores are all -inf or NaN (a logits processor removed every token)")
-    top = probs.amax(-1)
     tokens = torch.empty(len(probs), dtype=torch.long, device=probs.device)
     rows = torch.arange(len(probs), device=probs.device)
     while len(rows):
-        u = torch.rand(len(rows), 1, dtype=torch.float64, device=probs.device) * cdf[rows, -1:]
-        drawn = torch.searchsorted(cdf[rows], u, right=True).squeeze(1)
+        whole = len(rows) == len(probs)  # the first draw: no copies of the [B, V] tensors
+        p, c = (probs, cdf) if whole else (probs[rows], cdf[rows])
+        u = torch.rand(len(rows), 1, dtype=torch.float64, device=probs.device) * c[:, -1:]
+        drawn = torch.searchsorted(c, u, right=True).squeeze(1)
         ok = drawn < probs.shape[1]  # u rounded up to the total: draw again
         drawn = drawn.clamp(max=probs.shape[1] - 1)
         if top_p < 1.0:
-            p = probs[rows]
             p_drawn = p.gather(1, drawn[:, None])
-            below = (p * (p <= p_drawn)).sum(-1).float()
-            ok &= (below > 1 - top_p) | (p_drawn.squeeze(1) == top[rows])
+            below = (p * (p <= p_drawn)).sum(-1, dtype=torch.float64).float()
+            ok &= (below > 1 - top_p) | (p_drawn.squeeze(1) == p.amax(-1))
         tokens[rows[ok]] = drawn[ok]
         rows = rows[~ok]
     return tokens

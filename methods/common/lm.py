@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from core.sampling import Packed, completion_logits, pack
-from methods.common.speed import adamw
+from core.speed import adamw
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (prefix ids, target ids)
 

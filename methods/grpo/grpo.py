@@ -222,7 +222,7 @@ def trl_config(cfg: GRPOHparams, task: Task, out_dir: Path, seed: int, device: s
         lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
-        optim="adamw_torch_fused",  # methods/common/speed.py: one kernel, not a dozen passes per parameter
+        optim="adamw_torch_fused",  # core/speed.py: one kernel, not a dozen passes per parameter
         max_grad_norm=cfg.max_grad_norm,
         beta=cfg.beta,
         epsilon=cfg.epsilon,

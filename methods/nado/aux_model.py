@@ -46,12 +46,12 @@ from core.data import iter_jsonl
 from core.errors import SuiteError
 from core.models import encode_prompts
 from core.sampling import Packed, completion_logits, pack
+from core.speed import adamw
 from methods.common.base_samples import base_samples, scored, split_prompts
 from methods.common.kl import masked_mean
 from methods.common.lm import shuffled_batches
 from methods.common.probe import concordance
 from methods.common.rollout import sample_and_score
-from methods.common.speed import adamw
 from methods.common.task import Task
 
 HEAD_FILE = "r_head.safetensors"

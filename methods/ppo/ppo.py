@@ -42,10 +42,10 @@ from core.data import atomic_output
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import Packed, completion_logits, pack, sample
+from core.speed import adamw
 from methods.common.checkpoint import Checkpoints
 from methods.common.kl import KLController, masked_mean
 from methods.common.rollout import score_completions
-from methods.common.speed import adamw
 from methods.common.task import Task
 from methods.common.trainer import Resumable, run_identity
 from methods.ppo.config import SOURCE, PPOConfig

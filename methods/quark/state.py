@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import sample
+from core.speed import adamw
 from methods.common.base_samples import base_samples, explore_settings, split_prompts
 from methods.common.checkpoint import Checkpoints
 from methods.common.distributed import accelerator
@@ -29,7 +30,6 @@ from methods.common.kl import KLController
 from methods.common.lora import adapters_disabled, add_lora
 from methods.common.probe import controllability
 from methods.common.rollout import score_completions
-from methods.common.speed import adamw
 from methods.common.task import Task
 from methods.common.tokens import add_control_tokens
 from methods.common.trainer import Resumable, run_identity

@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 
 from core.errors import run_cli
-from methods.common.speed import keep_freed_memory
+from core.speed import keep_freed_memory, math_attention
 
 
 def setup(snakemake) -> None:
-    """Use the job's threads, never more than the machine has; keep freed memory (methods/common/speed.py); quiet
-    the libraries' own chatter."""
+    """Use the job's threads, never more than the machine has; keep freed memory and train with math attention
+    (core/speed.py); quiet the libraries' own chatter."""
     keep_freed_memory()
+    math_attention()
     torch.set_num_threads(max(1, min(int(snakemake.threads), os.cpu_count() or 1)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

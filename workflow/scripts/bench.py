@@ -2,7 +2,8 @@
 
 Prints the CPU, the measured matmul peak (2048 x 2048, fp32 and bf16 autocast) and, at the mini profile's shapes:
 - sampling: tokens/s of `model.generate()` (`sample_generate`, the reference) and of the suite's `sample` in fp32
-  and bf16 autocast (batch 64, 32-token prompts, 20 new tokens, EOS suppressed so that every sampler draws as many);
+  and bf16 autocast (batch 64, 32-token prompts, 20 new tokens, EOS suppressed so that every sampler draws as many),
+  and of `sample` decoding greedily: the model's forward passes alone, the floor under any sampler's time;
 - training: sequences/s of one Quark step (batch 16: policy forward and backward, reference forward, the loss,
   AdamW) and one PPO minibatch (40 sequences as 2 micro-batches of 20: policy and value forward and backward,
   AdamW) and one GRPO step (TRL's GRPOTrainer as methods/grpo runs it, batch 16 = 2 prompts x 8 completions:
@@ -10,9 +11,9 @@ Prints the CPU, the measured matmul peak (2048 x 2048, fp32 and bf16 autocast) a
   dtype (`bf16: auto`), prompts of 8 to 32 tokens, 20-token completions;
 - memory: a Quark step's peak resident size and what its tensors account for.
 
-"before" is the suite as it was (glibc's default allocator, unfused AdamW), "after" is today's (freed memory kept,
-fused AdamW: methods/common/speed.py). The allocator is a process-wide setting, so every measurement runs in a
-fresh worker process, before and after alternating, `--repeats` times each; a row gives the median. FLOPs are
+"before" is the suite as it was (glibc's default allocator, unfused AdamW, SDPA's flash kernel for training), "after"
+is today's (freed memory kept, fused AdamW, math attention for training: core/speed.py). These are process-wide
+settings, so every measurement runs in a fresh worker process, before and after alternating, `--repeats` times each; a row gives the median. FLOPs are
 2 x parameters x tokens read (the embedding counted once, as the tied LM head; attention left out) for a forward
 pass and 3x that for a forward and backward pass, so a share of the peak is an estimate (GRPO's: a forward to
 sample, the reference's forward, the policy's forward and backward, 10x in all).
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,12 +103,14 @@ def sampling_worker(torch, args, variant: str) -> dict:
     sampling = Sampling(
         max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, top_p=0.9, batch_size=args.batch
     )
-    samplers = {"sample": sample} if variant == "after" else {"generate": sample_generate, "sample": sample}
+    greedy = replace(sampling, do_sample=False)  # the model's forward passes and an argmax: a floor for any sampler
+    runs = {"sample": (sample, sampling)}
+    runs |= {"greedy": (sample, greedy)} if variant == "after" else {"generate": (sample_generate, sampling)}
     out = {}
     for mode in ("fp32", "bf16"):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
-            for name, sampler in samplers.items():
-                out[f"{mode} {name}"] = timed(lambda s=sampler: s(model, tokenizer, prompts, sampling), 1, args.steps)
+            for name, (sampler, how) in runs.items():
+                out[f"{mode} {name}"] = timed(lambda f=sampler, h=how: f(model, tokenizer, prompts, h), 1, args.steps)
     return out
 
 
@@ -216,7 +220,7 @@ def grpo_worker(torch, args, variant: str, bf16: bool) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         trainer, _ = build_trainer(task, args.model, Path(out), cfg, seed=0, device="cpu")
-        if variant == "before":  # the suite before methods/common/speed.py: unfused AdamW
+        if variant == "before":  # the suite before core/speed.py: unfused AdamW
             trainer.args.optim = OptimizerNames.ADAMW_TORCH
         trainer.add_callback(Clock())
         trainer.train()
@@ -232,7 +236,7 @@ def load(path: Path):
 
 
 def make_optimizer(torch, variant: str, params):
-    from methods.common.speed import adamw
+    from core.speed import adamw
 
     params = [p for p in params if p.requires_grad]
     return torch.optim.AdamW(params, lr=1e-5) if variant == "before" else adamw(params, lr=1e-5)
@@ -256,9 +260,10 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.worker_variant == "after":
-        from methods.common.speed import keep_freed_memory
+        from core.speed import keep_freed_memory, math_attention
 
         keep_freed_memory()
+        math_attention()
     from core.config import native_bf16
 
     kind, bf16 = args.worker, native_bf16()
@@ -340,7 +345,8 @@ def main() -> None:
     print("matmul peak 2048x2048: " + ", ".join(f"{m} {g:.0f} GFLOP/s" for m, g in peak.items()))
     params = sum(p.numel() for p in load(args.model)[0].parameters())
     print(
-        f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW; after = methods/common/speed.py;"
+        f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW, flash attention; after ="
+        " core/speed.py;"
         f" medians of {args.repeats} workers x {args.steps} calls each"
     )
 

@@ -1,4 +1,5 @@
-"""methods/common/speed.py: the allocator setting keeps freed memory, and the fused AdamW takes AdamW's step."""
+"""core/speed.py: the allocator setting keeps freed memory, the fused AdamW takes AdamW's step, and attention runs
+on the math backend for training and on the flash kernel for decoding."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import subprocess
 import sys
 
 import torch
+import torch.nn.functional as F
 from conftest import ROOT
 
-from methods.common.speed import adamw
+from core.speed import adamw, flash_attention, math_attention
 
 # A step's worth of 64 MB tensors, allocated and freed 15 times; the page faults of the last five are counted.
 FAULTS = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from methods.common.speed import keep_freed_memory
+from core.speed import keep_freed_memory
 applied = keep_freed_memory() if {keep} else None
 for step in range(15):
     if step == 10:
@@ -57,3 +59,28 @@ def test_fused_adamw_takes_the_same_steps_as_adamw():
             optimizer.step()
     assert not torch.equal(params[0], start)
     torch.testing.assert_close(params[1], params[0], rtol=1e-5, atol=1e-6)
+
+
+def test_math_attention_replaces_the_flash_kernel_until_a_block_asks_for_it_back():
+    q = torch.randn(2, 3, 5, 8, requires_grad=True)
+    k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+
+    def attend():
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        (grad,) = torch.autograd.grad(out.square().sum(), q)
+        return out, grad, type(out.grad_fn).__name__
+
+    was = torch.backends.cuda.flash_sdp_enabled()
+    try:
+        flash = attend()
+        assert math_attention()
+        math = attend()
+        with flash_attention():
+            inside = attend()
+        after = attend()
+    finally:
+        torch.backends.cuda.enable_flash_sdp(was)
+    assert "Flash" in flash[2] and "Flash" in inside[2]
+    assert "Flash" not in math[2] and "Flash" not in after[2]
+    torch.testing.assert_close(math[0], flash[0])  # the same attention and gradient, up to rounding
+    torch.testing.assert_close(math[1], flash[1])
