@@ -40,6 +40,7 @@ from core.config import from_dict
 from core.data import atomic_output, write_json
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
+from core.speed import flash_attention
 from methods.common.checkpoint import claim_run, finish_run
 from methods.common.rewards import Reward, score_rewards
 from methods.common.task import Task
@@ -161,7 +162,9 @@ class SuiteGRPOTrainer(GRPOTrainer):
       std and sets their advantage to 0, but keeps their tokens in the KL term and in the loss's token count;
     - each checkpoint also holds the reward's counts, so that a resumed job reports the whole run's, and prompts
       come in an order that depends on (seed, epoch) alone, so that a resumed job draws what an uninterrupted one
-      would.
+      would;
+    - sampling runs on SDPA's flash kernel, as the suite's own sampler does, while learning runs on the math backend
+      `core/speed.py` sets for the job.
     """
 
     def __init__(self, *args, reward: RewardFunc, prompt_ids: dict[str, list[int]], **kwargs):
@@ -175,6 +178,10 @@ class SuiteGRPOTrainer(GRPOTrainer):
 
     def _tokenize_prompts(self, prompts: list[str]):
         return [self.prompt_ids[p] for p in prompts], None, {}
+
+    def _generate(self, prompts: list):
+        with flash_attention():  # decoding on SDPA's flash kernel, learning on its math backend (core/speed.py)
+            return super()._generate(prompts)
 
     def train(self, *args, **kwargs):
         self.started = time.perf_counter()
