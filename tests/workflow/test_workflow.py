@@ -183,6 +183,14 @@ BAD_INPUTS = {
         lambda r: {"reward": {"toxicity": {"name": "nope"}}},
         ["reward.toxicity.name: unknown reward 'nope'", "diversity"],
     ),
+    "untyped sentiment prompts": (
+        lambda r: {"tasks": ["sentiment-positive"], "sentiment_prompts": {"typed": "data/rtp/dev.jsonl"}},
+        ["data/rtp/dev.jsonl:1", "no sentiment_type"],
+    ),
+    "missing typed sentiment prompts": (
+        lambda r: {"tasks": ["sentiment-negative"], "sentiment_prompts": {"typed": "data/none.jsonl"}},
+        ["sentiment_prompts.typed", "data/none.jsonl"],
+    ),
     "results_dir is a file": (
         lambda r: {"results_dir": write(r, "blocker", "a file\n")},
         ["results_dir", "data/blocker is a file"],
@@ -468,3 +476,31 @@ def test_the_base_samples_are_drawn_once_per_task_for_every_method_that_learns_f
         assert readers == ["acfacf_sample", "dt", "nado", "quark"], (task, readers)
         acf_rounds = [j for j in jobs if j["rule"] == "acf_sample" and f"/{task}/" in j["output"][0]]
         assert len(acf_rounds) > 1 and sum(samples in j["input"] for j in acf_rounds) == 1
+
+
+def test_the_default_profile_scores_the_committed_sentiment_prompts_without_typing_them(repo_copy):
+    """The mini profile ships its typed sentiment prompts, so its eval prompts are the ones every committed
+    reference row was scored on, whatever the CPU or sampler (a fresh typing keeps few of them); `typed: null`
+    types them again."""
+    tasks = ["sentiment-positive", "sentiment-negative"]
+    evals = [f"results/mini/data/{t}/eval.jsonl" for t in tasks]
+    rows = override(repo_copy, methods=["base"], tasks=tasks)
+    jobs = planned_jobs(snakemake(repo_copy, "-n", "all", "--configfile", "workflow/config/config.yaml", rows))
+    assert "type_sentiment_prompts" not in {j["rule"] for j in jobs}
+    assert {tuple(j["input"]) for j in jobs if j["rule"] == "prepare_eval_prompts"} == {
+        ("data/rtp/dev-sentiment-types.jsonl",)
+    }
+    made = snakemake(repo_copy, *evals, "--configfile", "workflow/config/config.yaml", rows)
+    assert made.returncode == 0, made.stderr[-3000:]
+    for t, path in zip(tasks, evals):
+        assert (repo_copy / path).read_bytes() == (ROOT / f"results/reference/mini/data/{t}/eval.jsonl").read_bytes()
+    (repo_copy / "retype.yaml").write_text(yaml.safe_dump({"sentiment_prompts": {"typed": None}}))
+    jobs = planned_jobs(
+        snakemake(
+            repo_copy, "-n", "--forceall", *evals, "--configfile", "workflow/config/config.yaml", rows, "retype.yaml"
+        )
+    )
+    assert [j["rule"] for j in jobs].count("type_sentiment_prompts") == 1
+    assert {tuple(j["input"]) for j in jobs if j["rule"] == "prepare_eval_prompts"} == {
+        ("results/mini/data/sentiment_types.jsonl",)
+    }

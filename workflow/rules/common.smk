@@ -169,6 +169,24 @@ def check_results_dir():
         fail(f"{source('results_dir')}: results_dir: {where} is not writable")
 
 
+def check_typed_sentiment_prompts():
+    """A shipped file of typed sentiment prompts (`sentiment_prompts.typed`) must give every prompt its type: found
+    now, not when the first evaluation reads it after training."""
+    path = config.get("sentiment_prompts", {}).get("typed")
+    if not path or not any(KNOWN_TASKS[t].prompts == "sentiment" for t in TASKS if t in KNOWN_TASKS):
+        return
+    from core.data import iter_jsonl
+    from core.errors import SuiteError
+
+    try:
+        untyped = next((n for n, row in iter_jsonl(path) if "sentiment_type" not in row), None)
+    except SuiteError as exc:
+        fail(f"{source('sentiment_prompts')}: sentiment_prompts.typed: {exc}")
+    if untyped:
+        fail(f"{path}:{untyped}: no sentiment_type (sentiment_prompts.typed must name a type_sentiment_prompts "
+             "output, or be null to type the candidates)")
+
+
 for task in TASKS:
     if task not in KNOWN_TASKS:
         fail(f"{source('tasks')}: unknown task '{task}' (known: {', '.join(KNOWN_TASKS)})")
@@ -184,6 +202,7 @@ for task in TASKS:
     check_names(task)
     check_prompts(task)
 check_results_dir()
+check_typed_sentiment_prompts()
 if config["base_model"].startswith("path:") and not Path(config["base_model"][5:], "config.json").is_file():
     fail(f"{CONFIG_FILES}: base_model: model directory not found (no config.json): {config['base_model'][5:]}")
 

@@ -4,10 +4,11 @@
 
 
 def eval_sources(task):
-    """The files a task's eval prompts come from; sentiment eval prompts are typed by the base model first."""
+    """The files a task's eval prompts come from; sentiment eval prompts are typed by the base model first, unless
+    `sentiment_prompts.typed` names a file of prompts typed already."""
     d = config["data"][task]
     if KNOWN_TASKS[task].prompts == "sentiment":
-        return {"eval": f"{R}/data/sentiment_types.jsonl"}
+        return {"eval": config.get("sentiment_prompts", {}).get("typed") or f"{R}/data/sentiment_types.jsonl"}
     sources = {"eval": d["eval_prompts"]}
     if KNOWN_TASKS[task].prompts == "wikitext":
         sources["train"] = d["train_prompts"]  # one file for both is split by article
