@@ -173,7 +173,7 @@ def check_typed_sentiment_prompts():
     """A shipped file of typed sentiment prompts (`sentiment_prompts.typed`) must give every prompt its type: found
     now, not when the first evaluation reads it after training."""
     path = config.get("sentiment_prompts", {}).get("typed")
-    if not path or not any(KNOWN_TASKS[t].prompts == "sentiment" for t in TASKS if t in KNOWN_TASKS):
+    if not path or not any(KNOWN_TASKS[t].prompts == "sentiment" for t in TASKS):  # tasks checked above
         return
     from core.data import iter_jsonl
     from core.errors import SuiteError
