@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 from transformers import (
-    DynamicCache,
+    Cache,
     GenerationConfig,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StaticCache,
 )
 
 from core.speed import flash_attention
@@ -151,7 +152,8 @@ def sample(
 ) -> list[list[int]]:
     """Sample one completion per prefix; returns the sampled token ids, never re-tokenised text.
 
-    Draws from the distribution `sample_generate` (model.generate()) draws from, with the same forward passes, but
+    Draws from the distribution `sample_generate` (model.generate()) draws from, with the same forward passes (into a
+    KV cache allocated once per batch, `kv_cache`), but
     without generate()'s top-p sort of the vocabulary and multinomial noise over it, which on a CPU cost about as much
     as the mini model's forward pass at batch 64 (workflow/scripts/bench.py measures the difference).
     Scores go through generate()'s order: EOS suppressed before `min_new_tokens`, `suppress_ids` suppressed, then
@@ -172,6 +174,13 @@ def sample(
     return out
 
 
+def kv_cache(model: PreTrainedModel, length: int) -> Cache:
+    """transformers' StaticCache of `length` positions: allocated once and written in place, where a DynamicCache
+    concatenates every layer's keys and values anew at each step. In fp32 the draws are the same, token for token
+    (tests/core/test_sampling.py); workflow/scripts/bench.py times both."""
+    return StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+
+
 def _decode(
     model: PreTrainedModel,
     ids: torch.Tensor,
@@ -185,7 +194,7 @@ def _decode(
     """The generated ids [B, <= max_new_tokens] after left-padded prompts `ids` [B, P]; pad after a row's EOS."""
     P = ids.shape[1]
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate(): a pad sits at position 0
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    cache = kv_cache(model, P + sampling.max_new_tokens)
     step_inputs = dict(input_ids=ids, attention_mask=mask, position_ids=positions)
     suppress = torch.tensor(suppress_ids or [], dtype=torch.long, device=ids.device)
     done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)

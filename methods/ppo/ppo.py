@@ -42,7 +42,7 @@ from core.data import atomic_output
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import Packed, completion_logits, pack, sample
-from core.speed import adamw
+from core.speed import adamw, autocast_weights
 from methods.common.checkpoint import Checkpoints
 from methods.common.kl import KLController, masked_mean
 from methods.common.rollout import score_completions
@@ -132,6 +132,8 @@ class Trainer(Resumable):
         self.policy, self.tokenizer = load_model(base_model, device)  # eval mode: no dropout, ratios start at 1
         self.ref, _ = load_model(base_model, device)
         self.ref.requires_grad_(False)
+        if cfg.bf16:  # the reference runs only under autocast: its weights cast once (core/speed.py)
+            autocast_weights(self.ref)
         self.value_head = ValueHead(self.policy.config.hidden_size).to(device)
         self.prompts = task.train_prompts
         self.prompt_ids = encode_prompts(self.tokenizer, [p.text for p in self.prompts], cfg.max_prompt_tokens)

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
 from core.sampling import sample
-from core.speed import adamw
+from core.speed import adamw, autocast_weights
 from methods.common.base_samples import base_samples, explore_settings, split_prompts
 from methods.common.checkpoint import Checkpoints
 from methods.common.distributed import accelerator
@@ -86,6 +86,8 @@ class QuarkState(Resumable):
             policy, self.ref = add_lora(policy, cfg.lora, self.reward_ids, SOURCE), None
         else:
             self.ref = load_model(base_model, self.device)[0].requires_grad_(False)
+            if cfg.bf16:  # p0 runs only under autocast: its weights cast once, not at every forward (core/speed.py)
+                autocast_weights(self.ref)
         self.prompt_ids = encode_prompts(self.tokenizer, [p.text for p in self.prompts], cfg.max_prompt_tokens)
         total_steps = cfg.num_rounds * cfg.steps_per_round
         optimizer = adamw([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -4,8 +4,9 @@ from collections import Counter
 
 import torch
 from scipy.stats import chisquare
-from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache, LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
+import core.sampling
 from core.data import Prompt, read_jsonl
 from core.sampling import Sampling, _draw, _trim, sample, sample_generate
 from methods.quark import state
@@ -103,6 +104,18 @@ def test_greedy_matches_generate(tiny):
         assert fast == reference
         assert all(len(c) >= 3 for c in fast) and not any(t in (50, 51, 52) for c in fast for t in c)
     assert len({len(c) for c in fast}) > 1  # EOS ended rows at different steps
+
+
+def test_the_static_kv_cache_draws_what_a_dynamic_one_draws(tiny, monkeypatch):
+    path, tokenizer, model = tiny
+    prefixes = [[5, 6, 7], [9], [11, 12, 13, 14, 15, 16], [20, 21]] * 6
+    sampling = Sampling(max_new_tokens=12, top_p=0.9, batch_size=8)
+    torch.manual_seed(3)
+    static = sample(model, tokenizer, prefixes, sampling)
+    monkeypatch.setattr(core.sampling, "kv_cache", lambda model, length: DynamicCache(config=model.config))
+    torch.manual_seed(3)
+    dynamic = sample(model, tokenizer, prefixes, sampling)
+    assert static == dynamic and len({tuple(c) for c in static}) > 10
 
 
 def _peaked(tiny):

@@ -1,8 +1,10 @@
-"""core/speed.py: the allocator setting keeps freed memory, the fused AdamW takes AdamW's step, and attention runs
-on the math backend for training and on the flash kernel for decoding."""
+"""core/speed.py: the allocator setting keeps freed memory, the fused AdamW takes AdamW's step, attention runs on the
+math backend for training and on the flash kernel for decoding, and a frozen model's weights kept in bf16 give the
+same outputs under autocast."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
-from core.speed import adamw, flash_attention, math_attention
+from core.speed import adamw, autocast_weights, flash_attention, math_attention
 
 # A step's worth of 64 MB tensors, allocated and freed 15 times; the page faults of the last five are counted.
 FAULTS = """
@@ -84,3 +86,21 @@ def test_math_attention_replaces_the_flash_kernel_until_a_block_asks_for_it_back
     assert "Flash" not in math[2] and "Flash" not in after[2]
     torch.testing.assert_close(math[0], flash[0])  # the same attention and gradient, up to rounding
     torch.testing.assert_close(math[1], flash[1])
+
+
+def test_a_frozen_model_with_bf16_linear_weights_computes_the_same_logits_under_autocast(tiny):
+    _, _, model = tiny
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    cast = autocast_weights(copy.deepcopy(frozen))
+    linears = [m for m in cast.modules() if isinstance(m, torch.nn.Linear)]
+    embeddings = cast.get_input_embeddings().weight
+    assert embeddings.dtype == torch.float32  # the tied LM head shares it and stays fp32 with it
+    assert any(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert all(m.weight.dtype == torch.bfloat16 for m in linears if m.weight is not embeddings)
+    ids = torch.randint(5, 250, (3, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = frozen(input_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected, got = frozen(input_ids=ids).logits, cast(input_ids=ids).logits
+    assert not torch.equal(expected.float(), plain)  # autocast changes the logits; the bf16 weights do not
+    assert torch.equal(got, expected)

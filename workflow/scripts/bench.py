@@ -11,8 +11,10 @@ Prints the CPU, the measured matmul peak (2048 x 2048, fp32 and bf16 autocast) a
   dtype (`bf16: auto`), prompts of 8 to 32 tokens, 20-token completions;
 - memory: a Quark step's peak resident size and what its tensors account for.
 
-"before" is the suite as it was (glibc's default allocator, unfused AdamW, SDPA's flash kernel for training), "after"
-is today's (freed memory kept, fused AdamW, math attention for training: core/speed.py). These are process-wide
+"before" is the suite as it was (glibc's default allocator, unfused AdamW, SDPA's flash kernel for training, a
+DynamicCache in the sampler, a frozen reference cast to bf16 at every forward), "after" is today's (freed memory
+kept, fused AdamW, math attention for training, the reference's linear weights kept in bf16: core/speed.py; the
+sampler's StaticCache: core/sampling.py: kv_cache). These are process-wide
 settings, so every measurement runs in a fresh worker process, before and after alternating, `--repeats` times each; a row gives the median. FLOPs are
 2 x parameters x tokens read (the embedding counted once, as the tied LM head; attention left out) for a forward
 pass and 3x that for a forward and backward pass, so a share of the peak is an estimate (GRPO's: a forward to
@@ -96,8 +98,13 @@ def batch_ids(torch, n: int, completion: int, seed: int = 0) -> tuple[list[list[
 
 
 def sampling_worker(torch, args, variant: str) -> dict:
+    import core.sampling
     from core.sampling import Sampling, sample, sample_generate
 
+    if variant == "before":  # the sampler as it was: a cache that grows by concatenation
+        from transformers import DynamicCache
+
+        core.sampling.kv_cache = lambda model, length: DynamicCache(config=model.config)
     model, tokenizer = load(args.model)
     prompts = torch.randint(100, 1000, (args.batch, 32), generator=torch.Generator().manual_seed(0)).tolist()
     sampling = Sampling(
@@ -121,6 +128,10 @@ def quark_worker(torch, args, variant: str, bf16: bool) -> dict:
 
     policy, tokenizer = load(args.model)
     ref = load(args.model)[0].requires_grad_(False)
+    if variant == "after" and bf16:
+        from core.speed import autocast_weights
+
+        autocast_weights(ref)
     vocab = policy.get_input_embeddings().num_embeddings
     token = add_reward_tokens(policy, tokenizer, 5)[0]
     prompts, completions = batch_ids(torch, args.quark_batch, 20)
@@ -345,8 +356,8 @@ def main() -> None:
     print("matmul peak 2048x2048: " + ", ".join(f"{m} {g:.0f} GFLOP/s" for m, g in peak.items()))
     params = sum(p.numel() for p in load(args.model)[0].parameters())
     print(
-        f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW, flash attention; after ="
-        " core/speed.py;"
+        f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW, flash attention, dynamic KV"
+        " cache, reference cast at each forward; after = core/speed.py and the static KV cache;"
         f" medians of {args.repeats} workers x {args.steps} calls each"
     )
 
