@@ -176,8 +176,9 @@ def sample(
 
 def kv_cache(model: PreTrainedModel, length: int) -> Cache:
     """transformers' StaticCache of `length` positions: allocated once and written in place, where a DynamicCache
-    concatenates every layer's keys and values anew at each step. In fp32 the draws are the same, token for token
-    (tests/core/test_sampling.py); workflow/scripts/bench.py times both."""
+    concatenates every layer's keys and values anew at each step. The logits agree up to rounding: in fp32 the tiny
+    test model draws the same tokens with either (tests/core/test_sampling.py), the mini model now and then one
+    other token, after which its batch's later draws shift. workflow/scripts/bench.py times both."""
     return StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
 
 
