@@ -4,11 +4,11 @@ from collections import Counter
 
 import torch
 from scipy.stats import chisquare
-from transformers import DynamicCache, LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache, LogitsProcessor, StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
 
 import core.sampling
 from core.data import Prompt, read_jsonl
-from core.sampling import Sampling, _draw, _trim, sample, sample_generate
+from core.sampling import Sampling, _draw, _trim, kv_cache, sample, sample_generate
 from methods.quark import state
 from methods.quark.generation import generate
 
@@ -116,6 +116,24 @@ def test_the_static_kv_cache_draws_what_a_dynamic_one_draws(tiny, monkeypatch):
     torch.manual_seed(3)
     dynamic = sample(model, tokenizer, prefixes, sampling)
     assert static == dynamic and len({tuple(c) for c in static}) > 10
+
+
+def test_under_autocast_the_cache_holds_bf16_and_draws_what_an_fp32_cache_draws(tiny, monkeypatch):
+    path, tokenizer, model = tiny
+    prefixes = [[5, 6, 7], [9], [11, 12, 13, 14, 15, 16], [20, 21]] * 6
+    sampling = Sampling(max_new_tokens=12, top_p=0.9, batch_size=8)
+    caches = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(core.sampling, "kv_cache", lambda *a: caches.append(kv_cache(*a)) or caches[-1])
+        torch.manual_seed(3)
+        held = sample(model, tokenizer, prefixes, sampling)
+        assert {layer.keys.dtype for layer in caches[0].layers} == {torch.bfloat16}
+        fp32 = lambda model, length: StaticCache(config=model.config, max_cache_len=length)  # noqa: E731
+        monkeypatch.setattr(core.sampling, "kv_cache", fp32)
+        torch.manual_seed(3)
+        cast = sample(model, tokenizer, prefixes, sampling)
+    assert held == cast and len({tuple(c) for c in held}) > 10
+    assert type(kv_cache(model, 8)) is StaticCache  # outside autocast, the model's own dtype
 
 
 def _peaked(tiny):
