@@ -41,57 +41,6 @@ from methods.quark.state import QuarkState, derived_seed
 from methods.unlikelihood.losses import unlikelihood_term
 
 
-class TokenTerms(torch.autograd.Function):
-    """Per completion position: the policy's log-probabilities [B, C, V], NLL of the label, KL(pi || p0) and the
-    entropy of pi [B, C], from the policy's logits [B, C, V] and the reference's log-probabilities, with the gradient
-    in closed form. Autograd's backward through log_softmax, exp, the products and the sums, over [B, C, V] fp32
-    tensors, took 110-150 ms at the mini shapes (16 x 20 x 49k) on a 2-core Xeon with AMX, where a Quark step takes
-    about 1.8 s; this one, a few in-place passes, 23-27 ms. With p = exp(lp) and r the reference's log-probabilities,
-        d nll / dz = p - onehot(label),  d KL / dz = p (lp - r - KL),  d H / dz = -p (lp + H),
-        and through the returned lp, d / dz = g - p sum(g).
-    The same gradient as autograd's up to rounding (tests/methods/test_quark_objective.py)."""
-
-    @staticmethod
-    def forward(ctx, logits, ref_logprobs, labels):
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        probs = logprobs.exp()
-        nll = -logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        entropy = -(probs * logprobs).sum(-1)
-        kl = -entropy - (probs * ref_logprobs).sum(-1)
-        ctx.save_for_backward(logprobs, ref_logprobs, labels, kl, entropy)
-        ctx.dtype = logits.dtype
-        ctx.set_materialize_grads(False)
-        return logprobs, nll, kl, entropy
-
-    @staticmethod
-    def backward(ctx, g_logprobs, g_nll, g_kl, g_entropy):
-        logprobs, ref_logprobs, labels, kl, entropy = ctx.saved_tensors
-        zero = torch.zeros_like(kl)
-        g_nll, g_kl, g_entropy = (zero if g is None else g for g in (g_nll, g_kl, g_entropy))
-        constant = g_nll - g_kl * kl - g_entropy * entropy
-        if g_logprobs is not None:
-            constant = constant - g_logprobs.sum(-1)
-        grad = logprobs * (g_kl - g_entropy).unsqueeze(-1)
-        grad.add_(constant.unsqueeze(-1)).sub_(ref_logprobs * g_kl.unsqueeze(-1)).mul_(logprobs.exp())
-        grad.scatter_add_(-1, labels.unsqueeze(-1), -g_nll.unsqueeze(-1))
-        if g_logprobs is not None:
-            grad.add_(g_logprobs)
-        return grad.to(ctx.dtype), None, None
-
-
-def token_terms(logits, ref_logprobs, labels) -> tuple[torch.Tensor, ...]:
-    """(log-probabilities [B, C, V], NLL, KL, entropy [B, C]) with TokenTerms' closed-form gradient."""
-    return TokenTerms.apply(logits, ref_logprobs, labels)
-
-
-def composed_token_terms(logits, ref_logprobs, labels) -> tuple[torch.Tensor, ...]:
-    """The same terms through autograd: TokenTerms' reference (tests) and its "before" (workflow/scripts/bench.py)."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    probs = logprobs.exp()
-    nll = -logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return logprobs, nll, (probs * (logprobs - ref_logprobs)).sum(-1), -(probs * logprobs).sum(-1)
-
-
 def quark_loss(
     logits: torch.Tensor,
     ref_logits: torch.Tensor,
@@ -109,8 +58,12 @@ def quark_loss(
     labels, mask: [B, C] completion token ids and 1 where a token exists
     unlikelihood: maps the policy's [B, C, V0] log-probabilities to [B, C] per-position terms (methods/unlikelihood)
     """
-    ref_logprobs = F.log_softmax(ref_logits.detach().float(), dim=-1)
-    logprobs, nll, kl, entropy = token_terms(logits, ref_logprobs, labels)  # KL exact over V0
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    ref_logprobs = F.log_softmax(ref_logits.float(), dim=-1)
+    probs = logprobs.exp()
+    nll = -logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [B, C]
+    kl = (probs * (logprobs - ref_logprobs)).sum(-1)  # [B, C], exact over V0
+    entropy = -(probs * logprobs).sum(-1)  # [B, C]
     mask = mask.float()
     per_token = nll + kl_coef * kl - entropy_coef * entropy
     if unlikelihood is not None:

@@ -12,10 +12,9 @@ Prints the CPU, the measured matmul peak (2048 x 2048, fp32 and bf16 autocast) a
 - memory: a Quark step's peak resident size and what its tensors account for.
 
 "before" is the suite as it was (glibc's default allocator, unfused AdamW, SDPA's flash kernel for training, a
-DynamicCache in the sampler, a frozen reference cast to bf16 at every forward, Quark's loss differentiated by
-autograd), "after" is today's (freed memory kept, fused AdamW, math attention for training, the reference's linear
-weights kept in bf16: core/speed.py; the sampler's StaticCache, in bf16 under autocast: core/sampling.py: kv_cache;
-Quark's closed-form loss gradient: methods/quark/quark.py: TokenTerms). These are process-wide
+DynamicCache in the sampler, a frozen reference cast to bf16 at every forward), "after" is today's (freed memory
+kept, fused AdamW, math attention for training, the reference's linear weights kept in bf16: core/speed.py; the
+sampler's StaticCache, in bf16 under autocast: core/sampling.py: kv_cache). These are process-wide
 settings, so every measurement runs in a fresh worker process, before and after alternating, `--repeats` times each; a row gives the median. FLOPs are
 2 x parameters x tokens read (the embedding counted once, as the tied LM head; attention left out) for a forward
 pass and 3x that for a forward and backward pass, so a share of the peak is an estimate (GRPO's: a forward to
@@ -127,10 +126,6 @@ def quark_worker(torch, args, variant: str, bf16: bool) -> dict:
     from methods.quark.quark import quark_loss
     from methods.quark.state import add_reward_tokens
 
-    if variant == "before":  # the loss as it was: autograd through log_softmax, exp, the products and sums
-        from methods.quark import quark
-
-        quark.token_terms = quark.composed_token_terms
     policy, tokenizer = load(args.model)
     ref = load(args.model)[0].requires_grad_(False)
     if variant == "after" and bf16:
@@ -362,8 +357,7 @@ def main() -> None:
     params = sum(p.numel() for p in load(args.model)[0].parameters())
     print(
         f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW, flash attention, dynamic KV"
-        " cache, reference cast at each forward, autograd's Quark loss; after = core/speed.py, the static KV cache"
-        " and Quark's closed-form loss gradient;"
+        " cache, reference cast at each forward; after = core/speed.py and the static KV cache;"
         f" medians of {args.repeats} workers x {args.steps} calls each"
     )
 
