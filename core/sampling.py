@@ -181,10 +181,10 @@ class AutocastCache(StaticCache):
 
     def __init__(self, config, max_cache_len: int, dtype: torch.dtype):
         super().__init__(config=config, max_cache_len=max_cache_len)
-        self.dtype = dtype
+        self.store = dtype  # not `dtype`: accelerate casts any model output with a bf16 `dtype` to fp32
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        return super().update(key_states.to(self.dtype), value_states.to(self.dtype), layer_idx, *args, **kwargs)
+        return super().update(key_states.to(self.store), value_states.to(self.store), layer_idx, *args, **kwargs)
 
 
 def kv_cache(model: PreTrainedModel, length: int) -> Cache:

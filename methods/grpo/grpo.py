@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from core.config import from_dict
 from core.data import atomic_output, write_json
 from core.errors import SuiteError
 from core.models import encode_prompts, load_model
+from core.sampling import Sampling, sample
 from core.speed import flash_attention
 from methods.common.checkpoint import claim_run, finish_run
 from methods.common.rewards import Reward, score_rewards
@@ -163,9 +164,14 @@ class SuiteGRPOTrainer(GRPOTrainer):
     - each checkpoint also holds the reward's counts, so that a resumed job reports the whole run's, and prompts
       come in an order that depends on (seed, epoch) alone, so that a resumed job draws what an uninterrupted one
       would;
-    - sampling runs on SDPA's flash kernel, as the suite's own sampler does, while learning runs on the math backend
-      `core/speed.py` sets for the job.
+    - completions are drawn by the suite's sampler (`core/sampling.py: sample`: the distribution generate() draws
+      from, with the same temperature, top-p and minimum length, at twice its speed or more: workflow/scripts/bench.py)
+      on SDPA's flash kernel, while learning runs on the math backend `core/speed.py` sets for the job. Settings the
+      sampler does not take (several EOS ids, top-k, min-p, a repetition penalty, suppressed tokens), vLLM, and
+      sharded models keep TRL's generate(); so does `suite_sampler = False` (the bench's "before").
     """
+
+    suite_sampler = True
 
     def __init__(self, *args, reward: RewardFunc, prompt_ids: dict[str, list[int]], **kwargs):
         super().__init__(*args, reward_funcs=[reward], **kwargs)
@@ -182,6 +188,41 @@ class SuiteGRPOTrainer(GRPOTrainer):
     def _generate(self, prompts: list):
         with flash_attention():  # decoding on SDPA's flash kernel, learning on its math backend (core/speed.py)
             return super()._generate(prompts)
+
+    def sampling(self) -> Sampling | None:
+        """TRL's generation settings as the suite sampler's, or None where it cannot draw what generate() would."""
+        g = self.generation_config
+        plain = (
+            self.suite_sampler
+            and self.eos_token_ids == [self._tokenizer.eos_token_id]
+            and not (g.top_k or g.min_p or g.suppress_tokens or g.begin_suppress_tokens)
+            and g.repetition_penalty in (None, 1.0)
+            and not (self.use_vllm or self.use_transformers_continuous_batching)
+            and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        )
+        if not plain:
+            return None
+        return Sampling(
+            max_new_tokens=g.max_new_tokens,
+            top_p=1.0 if g.top_p is None else g.top_p,
+            min_new_tokens=g.min_new_tokens or 0,
+            temperature=g.temperature,
+        )
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """The completion ids of `prompt_ids` (each cut after its first EOS, kept), as TRL's plain generate() path
+        returns them, with no log-probabilities (TRL computes them itself)."""
+        sampling = self.sampling()
+        if sampling is None or images or multimodal_fields:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        batch = replace(sampling, batch_size=len(prompt_ids))
+        # bf16 autocast where the trainer learns in it (accelerate's wraps the forward only once train() prepares the
+        # model), so that the sampler's cache is allocated in bf16 (core/sampling.py: kv_cache)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
+            return sample(model, self._tokenizer, prompt_ids, batch, desc="GRPO sampling"), None
 
     def train(self, *args, **kwargs):
         self.started = time.perf_counter()

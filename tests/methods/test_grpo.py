@@ -93,6 +93,44 @@ def test_unscored_samples_leave_the_loss_and_are_counted_never_scored_zero(tiny,
     assert stats["scored_samples"] == 16 and stats["dropped_unscored"] == 8 and stats["optimizer_steps"] == 2
 
 
+def test_grpo_draws_through_the_suite_sampler_with_trls_settings(tiny, tmp_path):
+    """The trainer's completions are what `sample` draws at the same seed with GRPO's temperature, top-p and the
+    task's lengths; other settings would draw others. A setting the sampler does not take leaves TRL's generate()."""
+    path, _, _ = tiny
+    task = Task("synthetic", PROMPTS[:4], every_other_none, Sampling(max_new_tokens=5, min_new_tokens=3))
+    cfg = grpo.GRPOHparams(scored_samples=16, batch_size=16, num_generations=4, temperature=0.7, explore_top_p=0.8)
+    trainer, _ = grpo.build_trainer(task, path, tmp_path / "run", cfg, seed=0, device="cpu")
+    ids = [trainer.prompt_ids[p.text] for p in PROMPTS[:4] for _ in range(4)]
+    model, tok = load_model(path)
+
+    def drawn(sampling):
+        torch.manual_seed(3)
+        return sample(model, tok, ids, sampling)
+
+    torch.manual_seed(3)
+    got, logprobs = trainer._generate_single_turn(ids, None, {}, 4)
+    assert logprobs is None
+    assert got == drawn(Sampling(max_new_tokens=5, min_new_tokens=3, top_p=0.8, temperature=0.7))
+    assert got != drawn(Sampling(max_new_tokens=5, min_new_tokens=3, top_p=1.0))
+    assert all(len(c) >= 3 for c in got) and max(map(len, got)) == 5
+
+    # in bf16 (accelerate's autocast around the model's forward, which casts bf16 outputs to fp32) the same draws as
+    # `sample` under autocast
+    cfg16 = grpo.GRPOHparams(scored_samples=16, batch_size=16, num_generations=4, bf16=True)
+    trainer16, _ = grpo.build_trainer(task, path, tmp_path / "run16", cfg16, seed=0, device="cpu")
+    trainer16.model_wrapped = trainer16.accelerator.prepare(trainer16.model)  # as train() wraps it
+    torch.manual_seed(3)
+    got16, _ = trainer16._generate_single_turn(ids, None, {}, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert got16 == drawn(Sampling(max_new_tokens=5, min_new_tokens=3, top_p=1.0))
+
+    assert trainer.sampling() is not None
+    trainer.generation_config.top_k = 5
+    assert trainer.sampling() is None
+    trainer.generation_config.top_k, trainer.suite_sampler = 0, False
+    assert trainer.sampling() is None
+
+
 def test_a_run_where_nothing_is_scored_is_a_clear_error(tiny, tmp_path):
     path, _, _ = tiny
     task = Task("synthetic", PROMPTS[:4], lambda p, c, **k: [None] * len(c), Sampling(max_new_tokens=3))

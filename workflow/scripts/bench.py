@@ -14,7 +14,8 @@ Prints the CPU, the measured matmul peak (2048 x 2048, fp32 and bf16 autocast) a
 "before" is the suite as it was (glibc's default allocator, unfused AdamW, SDPA's flash kernel for training, a
 DynamicCache in the sampler, a frozen reference cast to bf16 at every forward), "after" is today's (freed memory
 kept, fused AdamW, math attention for training, the reference's linear weights kept in bf16: core/speed.py; the
-sampler's StaticCache, in bf16 under autocast: core/sampling.py: kv_cache). These are process-wide
+sampler's StaticCache, in bf16 under autocast: core/sampling.py: kv_cache; GRPO sampling through it, not TRL's
+generate()). These are process-wide
 settings, so every measurement runs in a fresh worker process, before and after alternating, `--repeats` times each; a row gives the median. FLOPs are
 2 x parameters x tokens read (the embedding counted once, as the tied LM head; attention left out) for a forward
 pass and 3x that for a forward and backward pass, so a share of the peak is an estimate (GRPO's: a forward to
@@ -231,8 +232,9 @@ def grpo_worker(torch, args, variant: str, bf16: bool) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         trainer, _ = build_trainer(task, args.model, Path(out), cfg, seed=0, device="cpu")
-        if variant == "before":  # the suite before core/speed.py: unfused AdamW
+        if variant == "before":  # the suite before core/speed.py and the suite sampler: unfused AdamW, generate()
             trainer.args.optim = OptimizerNames.ADAMW_TORCH
+            trainer.suite_sampler = False
         trainer.add_callback(Clock())
         trainer.train()
     timed_steps = steps[2:]  # the first two steps warm up
@@ -357,7 +359,8 @@ def main() -> None:
     params = sum(p.numel() for p in load(args.model)[0].parameters())
     print(
         f"{params / 1e6:.0f}M parameters; before = default allocator, unfused AdamW, flash attention, dynamic KV"
-        " cache, reference cast at each forward; after = core/speed.py and the static KV cache;"
+        " cache, reference cast at each forward, GRPO through generate(); after = core/speed.py and the static KV"
+        " cache, GRPO through the suite sampler;"
         f" medians of {args.repeats} workers x {args.steps} calls each"
     )
 
