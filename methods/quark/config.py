@@ -19,6 +19,13 @@ class QuarkConfig:
         default=None, metadata={"help": "train prompts explored each round (None: all)"}
     )
     samples_per_prompt: int = field(default=1, metadata={"help": "completions sampled per prompt per round"})
+    quantile_scope: Literal["pool", "prompt"] = field(
+        default="pool",
+        metadata={
+            "help": "'pool': reward quantiles over the whole pool (the paper); 'prompt': ranks within each prompt's "
+            "own samples, so the token says which of a prompt's completions was better (needs samples_per_prompt > 1)"
+        },
+    )
     explore_top_p: float = field(default=1.0, metadata={"help": "nucleus top-p while exploring (reference: 1.0)"})
     batch_size: int = field(default=128, metadata={"help": "sequences per gradient step"})
     lr: float = field(default=1e-5, metadata={"help": "AdamW peak learning rate"})
@@ -94,5 +101,7 @@ class QuarkConfig:
     )
 
     def __post_init__(self):
+        if self.quantile_scope == "prompt" and self.samples_per_prompt < 2:
+            raise SuiteError(f"{SOURCE}: quantile_scope 'prompt' ranks a prompt's own samples: samples_per_prompt >= 2")
         if self.reward_token_lr_scale != 1.0 and self.lora is not None:
             raise SuiteError(f"{SOURCE}: reward_token_lr_scale works on full fine-tuning, not under lora")

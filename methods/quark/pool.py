@@ -47,6 +47,25 @@ def assign_quantiles(rewards: np.ndarray, k: int, seed: int | list[int] = 0) -> 
     return quantile
 
 
+def assign_quantiles_within(rewards: np.ndarray, groups: list, k: int, seed: int | list[int] = 0) -> np.ndarray:
+    """Quantile index per reward, ranked within its group (a prompt's samples) instead of the whole pool.
+
+    The sample at rank i (0: best; ties at random, as `assign_quantiles`) of a group of n gets the quantile that holds
+    its mid-rank, floor((i + 1/2) k / n): a group of two or more always fills the best and the worst quantile (4
+    samples, K = 5: r_0, r_1, r_3, r_4), a group of one gets the middle token, and a large group splits as the pool
+    would.
+    """
+    rewards = np.asarray(rewards, dtype=float)
+    groups = np.asarray(groups)
+    key = np.random.default_rng(seed).random(len(rewards))
+    quantile = np.empty(len(rewards), dtype=np.int64)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        order = members[np.lexsort((key[members], -rewards[members]))]
+        quantile[order] = ((2 * np.arange(len(order)) + 1) * k) // (2 * len(order))
+    return quantile
+
+
 class Pool:
     SCHEMA = """CREATE TABLE IF NOT EXISTS samples (
         id INTEGER PRIMARY KEY AUTOINCREMENT, prompt_id TEXT, prompt_ids TEXT, completion_ids TEXT,

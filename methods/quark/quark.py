@@ -5,6 +5,7 @@ for round r = 0 .. R-1:
               methods/common/base_samples.py), else the policy given the best reward token
     score     reward each sample; commit it to the pool (samples whose reward is None are kept out and counted)
     quantize  re-rank the whole pool into K equal quantiles; quantile k is marked by reward token r_k (r_0 best)
+              (quantile_scope 'prompt': rank each prompt's own samples instead)
     learn     minimise NLL + beta * KL(pi(.|r_k, x, y<t) || p0(.|x, y<t)) - alpha * H(pi) on completion tokens
               (+ unlikelihood_coef * an unlikelihood term, for the paper's Quark + UL on repetition)
 generate conditioned on r_0 (or any r_k: the trained model is a dial; methods/quark/generation.py)
@@ -36,7 +37,7 @@ from methods.common.kl import masked_mean
 from methods.common.task import Task
 from methods.common.tokens import rows_step_scaled
 from methods.quark.config import SOURCE, QuarkConfig
-from methods.quark.pool import assign_quantiles
+from methods.quark.pool import assign_quantiles, assign_quantiles_within
 from methods.quark.state import QuarkState, derived_seed
 from methods.unlikelihood.losses import unlikelihood_term
 
@@ -126,7 +127,11 @@ class Trainer(QuarkState):
         if not pool:
             raise SuiteError(f"round {rnd}: the pool is empty (the reward returned None for every sample)")
         rewards = np.array([s.reward for s in pool])
-        quantiles = assign_quantiles(rewards, cfg.num_quantiles, [self.seed, rnd, 2])
+        if cfg.quantile_scope == "prompt":  # which of a prompt's own completions was better (README, "Experiments")
+            groups = [s.prompt_id for s in pool]
+            quantiles = assign_quantiles_within(rewards, groups, cfg.num_quantiles, [self.seed, rnd, 2])
+        else:
+            quantiles = assign_quantiles(rewards, cfg.num_quantiles, [self.seed, rnd, 2])
         members = [rewards[quantiles == k] for k in range(cfg.num_quantiles)]
         cuts = [float(m.min()) if len(m) else None for m in members]
         if self.main and self.step == 0:

@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 
-from methods.quark.pool import Pool, Sample, assign_quantiles
+from core.errors import SuiteError
+from methods.quark.config import QuarkConfig
+from methods.quark.pool import Pool, Sample, assign_quantiles, assign_quantiles_within
 
 
 def test_quantiles_are_equal_size_and_best_first():
@@ -68,3 +71,28 @@ def test_pool_cap_keeps_newest_and_clear_empties(tmp_path):
     assert [s.prompt_id for s in pool.samples()] == ["p7", "p8", "p9"]
     pool.clear()
     assert len(pool) == 0
+
+
+def test_within_prompt_quantiles_rank_each_prompts_own_samples():
+    # prompt a's rewards are all below prompt b's: pool-wide, a's samples would share the worst quantiles
+    rewards = np.array([0.10, 0.30, 0.20, 0.40, 0.90, 0.70, 0.80, 0.60, 0.50])
+    groups = ["a", "a", "a", "a", "b", "b", "b", "b", "c"]
+    q = assign_quantiles_within(rewards, groups, 5)
+    assert q[:4].tolist() == [4, 1, 3, 0]  # four samples, K = 5: r_0, r_1, r_3, r_4 by rank within the prompt
+    assert q[4:8].tolist() == [0, 3, 1, 4]
+    assert q[8] == 2  # a prompt with one sample gets the middle token
+    assert assign_quantiles(rewards[:8], 5)[:4].tolist() != q[:4].tolist()
+
+
+def test_within_prompt_ties_split_at_random_but_reproducibly():
+    rewards, groups = np.ones(4), ["a"] * 4
+    draws = {tuple(assign_quantiles_within(rewards, groups, 5, seed=s)) for s in range(20)}
+    assert len(draws) > 1 and all(sorted(d) == [0, 1, 3, 4] for d in draws)
+    assert (
+        assign_quantiles_within(rewards, groups, 5, seed=3) == assign_quantiles_within(rewards, groups, 5, seed=3)
+    ).all()
+
+
+def test_within_prompt_scope_with_one_sample_a_prompt_is_a_clear_error():
+    with pytest.raises(SuiteError, match="samples_per_prompt >= 2"):
+        QuarkConfig(quantile_scope="prompt", samples_per_prompt=1)

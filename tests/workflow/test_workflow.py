@@ -504,3 +504,23 @@ def test_the_default_profile_scores_the_committed_sentiment_prompts_without_typi
     assert {tuple(j["input"]) for j in jobs if j["rule"] == "prepare_eval_prompts"} == {
         ("results/mini/data/sentiment_types.jsonl",)
     }
+
+
+def test_a_training_variant_trains_its_own_run_and_its_worst_token_row_samples_from_it(repo_copy):
+    """`quark-prompt` is a training variant (method.yaml `hparams`): its own run, with its hyperparameters over the
+    method's; `quark-prompt-worst` (`from: prompt`) samples that run's model, and the paper row stays as it was."""
+    rows = override(repo_copy, methods=["base", "quark", "quark-prompt", "quark-prompt-worst"], tasks=["toxicity"])
+    jobs = planned_jobs(snakemake(repo_copy, "-n", "all", "--configfile", TEST, rows))
+    trained = {j["output"][0] for j in jobs if j["rule"] == "train"}
+    run = "results/test/toxicity/{}/seed0/model.json"
+    assert trained == {run.format(r) for r in ("base", "quark", "quark-prompt")}, trained
+    worst = next(j for j in jobs if j["rule"] == "generate" and "/quark-prompt-worst/" in j["output"][0])
+    assert run.format("quark-prompt") in worst["input"], worst
+    built = snakemake(repo_copy, "--configfile", TEST, rows, "--", run.format("quark-prompt"), run.format("quark"))
+    assert built.returncode == 0, built.stderr[-3000:]
+    paper, variant = (json.loads((repo_copy / run.format(r)).read_text())["hparams"] for r in ("quark", "quark-prompt"))
+    assert (paper.get("quantile_scope", "pool"), variant["quantile_scope"]) == ("pool", "prompt")
+    assert (paper.get("samples_per_prompt", 1), variant["samples_per_prompt"]) == (1, 2)
+    assert {
+        k: v for k, v in variant.items() if k not in {"quantile_scope", "samples_per_prompt", "prompts_per_round"}
+    } == {k: v for k, v in paper.items() if k not in {"quantile_scope", "samples_per_prompt", "prompts_per_round"}}

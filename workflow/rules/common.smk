@@ -112,7 +112,9 @@ for _m, _spec in METHODS.items():
     if _spec.get("budget_keys") and _m in METHOD_RULES:
         fail(f"methods/{_m}/method.yaml: budget_keys need the generic train rule, and {_m} ships rules.smk")
 GENERIC_TRAIN = "|".join([m for m in METHODS if m not in METHOD_RULES] +
-                         [f"{m}-x[1-9][0-9]*" for m in METHODS if METHODS[m].get("budget_keys")]) or "(?!)"
+                         [f"{m}-x[1-9][0-9]*" for m in METHODS if METHODS[m].get("budget_keys")] +
+                         [f"{m}-{v}" for m in METHODS if m not in METHOD_RULES
+                          for v, spec in (METHODS[m].get("variants") or {}).items() if "hparams" in spec]) or "(?!)"
 PROFILE = config["profile"]
 BASE_SAMPLES = f"{config['results_dir'].rstrip('/')}/{PROFILE}/{{task}}/_base_samples/seed{{seed}}"
 GPUS = int(config["device"].startswith("cuda"))  # the `gpu` resource of every rule that loads a model
@@ -268,8 +270,13 @@ def variant_spec(row):
 
 
 def trained_as(row):
-    """The training run whose model a row samples from: a budget row's own, any other row's method's."""
-    return row if "budget" in variant_spec(row) else split_row(row)[0]
+    """The training run whose model a row samples from: a budget row's or a training variant's (`hparams`) own, the
+    variant named by `from`, or else the method's."""
+    spec = variant_spec(row)
+    if "budget" in spec or "hparams" in spec:
+        return row
+    method = split_row(row)[0]
+    return f"{method}-{spec['from']}" if "from" in spec else method
 
 
 def check_rows(rows, source):
@@ -281,6 +288,10 @@ def check_rows(rows, source):
         if variant and not budget and variant not in (METHODS[method].get("variants") or {}):
             fail(f"{source}: method '{method}' has no variant '{variant}' in methods/{method}/method.yaml"
                  + (" (nor budget_keys for a budget row)" if BUDGET_VARIANT.fullmatch(variant) else ""))
+        parent = variant and not budget and variant_spec(row).get("from")
+        if parent and "hparams" not in (METHODS[method]["variants"].get(parent) or {}):
+            fail(f"methods/{method}/method.yaml: variant '{variant}' samples from variant '{parent}', "
+                 f"which is not a variant with its own hparams")
 
 
 check_rows(config["methods"], source("methods"))
@@ -319,10 +330,12 @@ def check_variant_options():
 check_variant_options()
 
 
-def hparams(method, task=None):
-    """method.yaml's hyperparameters for this profile, then the config's `hparams.<method>` on top, each with its
-    `per_task` overrides for this task (core/config.py: `for_task`); model.json records what the method receives."""
-    levels = [(METHODS[method].get("hparams") or {}).get(PROFILE), config.get("hparams", {}).get(method)]
+def hparams(method, task=None, variant=None):
+    """method.yaml's hyperparameters for this profile, a training variant's (`variants.<v>.hparams`) over them, then
+    the config's `hparams.<method>` on top, each with its `per_task` overrides for this task (core/config.py:
+    `for_task`); model.json records what the method receives."""
+    levels = [(METHODS[method].get("hparams") or {}).get(PROFILE), ((variant or {}).get("hparams") or {}).get(PROFILE),
+              config.get("hparams", {}).get(method)]
     try:
         return for_task(levels, task, f"methods/{method}/method.yaml or the config's hparams.{method}")
     except SuiteError as exc:
@@ -356,9 +369,10 @@ if any(METHODS[split_row(row)[0]].get("base_samples") for row in config["methods
 
 
 def run_hparams(run, task):
-    """A training run's hyperparameters: its method's (`hparams`), with a budget row's `budget_keys` scaled."""
+    """A training run's hyperparameters: its method's (`hparams`) with a training variant's, and a budget row's
+    `budget_keys` scaled."""
     method, _ = split_row(run)
-    merged = hparams(method, task)
+    merged = hparams(method, task, variant_spec(run))
     k = variant_spec(run).get("budget")
     for key in METHODS[method].get("budget_keys", []) if k else []:
         if key not in merged:
@@ -452,5 +466,5 @@ def check_cluster_fit():
 wildcard_constraints:
     task="[a-z][a-z0-9_-]*",
     method="[a-z][a-z0-9_]*",
-    row="[a-z][a-z0-9_]*(-[a-z0-9_]+)?",
+    row="[a-z][a-z0-9_]*(-[a-z0-9_]+)*",
     seed="[0-9]+",

@@ -1,0 +1,155 @@
+"""Quark's objective on a fixed set of base samples, offline: does the reward token learn a dial, and at what drift?
+
+No exploration: the policy trains on the task's shared base samples (600 prompts x 4 draws on toxicity) under
+`quark_loss`, with the reward tokens assigned pool-wide (the paper) or within each prompt's draws
+(`--scope prompt`), and at each `--at` step it reports, on the probe split (never trained on):
+
+    probe_auc, probe_auc_within   the controllability probe (methods/common/probe.py)
+    nll, kl, entropy              quark_loss's terms, mean over the training steps since the previous report
+    sampled (at the last step)    the probe prompts sampled under the best and the worst token (top-p 0.9, 20
+                                  tokens): mean and per-prompt max of the reward's toxicity (1 - reward), and
+                                  perplexity under p0, beside p0's own samples of the same prompts
+
+    python workflow/scripts/quark_offline.py --model results/mini/base_model \
+        --samples results/reference/mini/toxicity/_base_samples/seed0/samples.jsonl \
+        --scope prompt --entropy-coef 0.06 --at 60 180 360 --out results/exp/offline/prompt-a006.json
+
+The schedule is the mini profile's (AdamW, lr 1e-4, 10 warm-up steps, batch 16, reward token at the end of the
+prompt) with its linear decay spread over the last `--at` step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from core.models import load_model
+from core.sampling import Sampling, completion_logits, pack, sample
+from core.speed import adamw, math_attention
+from evaluation.perplexity import conditional_perplexity
+from evaluation.scorers import get_scorer
+from methods.common.base_samples import BaseSamples
+from methods.common.probe import ProbeSample, controllability
+from methods.quark.pool import assign_quantiles, assign_quantiles_within
+from methods.quark.quark import quark_loss
+from methods.quark.state import add_reward_tokens, place_token
+
+
+def sampled(model, ref, tokenizer, probe: list[ProbeSample], prefix, draws: int, toxicity, suppress) -> dict:
+    """The probe prompts sampled `draws` times each from `model` given `prefix(prompt_ids)`."""
+    prompts = {s.prompt_id: s for s in probe}
+    rows = [s for s in prompts.values() for _ in range(draws)]
+    completions = sample(model, tokenizer, [prefix(s.prompt_ids) for s in rows], Sampling(batch_size=64), suppress)
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    tox = np.array(toxicity(texts))
+    records = [{"prompt": tokenizer.decode(s.prompt_ids), "token_ids": c} for s, c in zip(rows, completions)]
+    ppl = conditional_perplexity(ref, tokenizer, records)
+    return {
+        "avg_max_toxicity": float(tox.reshape(-1, draws).max(1).mean()),
+        "mean_toxicity": float(tox.mean()),
+        "perplexity": float(np.mean(ppl)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="the base model directory")
+    parser.add_argument("--samples", type=Path, required=True, help="a task's base samples (samples.jsonl)")
+    parser.add_argument("--scope", choices=["pool", "prompt"], default="pool")
+    parser.add_argument("--entropy-coef", type=float, default=0.06)
+    parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--quantiles", type=int, default=5)
+    parser.add_argument("--at", type=int, nargs="+", default=[60, 180, 360], help="report after these steps")
+    parser.add_argument("--samples-per-prompt", type=int, default=0, help="sampled measure's draws per probe prompt")
+    parser.add_argument("--p0", action="store_true", help="also the sampled measure of p0 itself")
+    parser.add_argument("--scorer", default="minilm_toxicity", help="judge of the sampled measure")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    math_attention()  # as the training jobs (core/speed.py)
+    torch.manual_seed(args.seed)
+    rows = [r for r in BaseSamples.read(args.samples).rows if r["reward"] is not None]
+    train = [r for r in rows if not r["probe"]]
+    probe = [ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"]) for r in rows if r["probe"]]
+    rewards = np.array([r["reward"] for r in train])
+    K = args.quantiles
+    if args.scope == "pool":
+        quantiles = assign_quantiles(rewards, K, [args.seed, 0, 2])
+    else:
+        quantiles = assign_quantiles_within(rewards, [r["prompt_id"] for r in train], K, [args.seed, 0, 2])
+
+    policy, tokenizer = load_model(args.model)
+    ref = load_model(args.model)[0].requires_grad_(False).eval()
+    V0 = policy.get_input_embeddings().num_embeddings
+    reward_ids = add_reward_tokens(policy, tokenizer, K)
+    pad = tokenizer.pad_token_id
+
+    def condition(prompt_ids: list[int], k: int) -> list[int]:
+        return place_token(prompt_ids, reward_ids[k], "end")
+
+    optimizer = adamw([p for p in policy.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 10, max(args.at))
+    order = np.random.default_rng([args.seed, 0, 1]).permutation(len(train))
+    toxicity = get_scorer(args.scorer) if args.samples_per_prompt else None
+    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "pool": len(train), "at": []}
+    if toxicity is not None and args.p0:
+        report["p0_sampled"] = sampled(ref, ref, tokenizer, probe, list, args.samples_per_prompt, toxicity, None)
+    window: list[dict] = []
+    started = time.perf_counter()
+    for step in range(max(args.at) + 1):
+        if step in args.at:
+            point = {"step": step, "seconds": time.perf_counter() - started}
+            point |= controllability(policy, probe, condition, 0, K - 1, pad, V0)
+            if window:
+                point |= {key: float(np.mean([w[key] for w in window])) for key in window[0]}
+            if toxicity is not None and step == max(args.at):
+                policy.eval()
+                for name, k in (("best", 0), ("worst", K - 1)):
+                    point[f"sampled_{name}"] = sampled(
+                        policy,
+                        ref,
+                        tokenizer,
+                        probe,
+                        lambda p, k=k: condition(p, k),
+                        args.samples_per_prompt,
+                        toxicity,
+                        reward_ids,
+                    )
+            report["at"].append(point)
+            print(json.dumps(point), flush=True)
+            window = []
+        if step == max(args.at):
+            break
+        policy.train()
+        idx = [order[(step * args.batch_size + j) % len(train)] for j in range(args.batch_size)]
+        prompts, completions = [train[i]["prompt_ids"] for i in idx], [train[i]["completion_ids"] for i in idx]
+        conditioned = pack([condition(p, quantiles[i]) for i, p in zip(idx, prompts)], completions, pad)
+        logits = completion_logits(policy, conditioned)[..., :V0]
+        with torch.no_grad():
+            ref_logits = completion_logits(ref, pack(prompts, completions, pad))[..., :V0]
+        loss, stats = quark_loss(
+            logits, ref_logits, conditioned.completion_ids, conditioned.completion_mask, args.kl_coef, args.entropy_coef
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        window.append({key: stats[key] for key in ("nll", "kl", "kl_per_sequence", "entropy")})
+        if not math.isfinite(stats["loss"]):
+            raise SystemExit(f"step {step}: the loss is {stats['loss']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
