@@ -81,3 +81,17 @@ def for_task(levels: list[dict | None], task: str | None, source: str) -> dict:
             raise SuiteError(f"{source}: 'per_task' must map task names to hyperparameters")
         merged |= level | per_task.get(task, {})
     return merged
+
+
+def canonical(value: object) -> object:
+    """`value` with every dict's keys sorted, recursively; lists keep their order.
+
+    Snakemake decides whether a job's params changed by comparing their `repr` with the last run's, and a dict's repr
+    follows its insertion order, which is the config file's key order. A rule's dict or list params pass through
+    this so that the same settings written in another order count as unchanged and only a new value reruns a job.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(canonical(item) for item in value)
+    return value

@@ -76,11 +76,11 @@ def acf_params(job):
     """What methods/acf/jobs.py's `job` reads; only sampling jobs score, so only they load the scorer."""
     params = dict(
         job=f"methods.acf.jobs:{job}",
-        hparams=lambda w: hparams("acf", w.task),
-        sampling=lambda w: train_sampling(w.task),
+        hparams=lambda w: canonical(hparams("acf", w.task)),
+        sampling=lambda w: canonical(train_sampling(w.task)),
         device=config["device"],
     )
-    return params | ({"reward": lambda w: config["reward"][w.task]} if job == "sample_job" else {})
+    return params | ({"reward": lambda w: canonical(config["reward"][w.task])} if job == "sample_job" else {})
 
 
 rule acf_sample:

@@ -46,7 +46,7 @@ rule dexperts_expert:
         side="expert|antiexpert",
     params:
         job="methods.dexperts.jobs:expert",
-        hparams=lambda w: dexperts_training(w.task),
+        hparams=lambda w: canonical(dexperts_training(w.task)),
         device=config["device"],
     threads: heavy_threads()
     resources:
@@ -72,7 +72,7 @@ rule dexperts_ensemble:
         benchmark=f"{DEXPERTS_RUN}/train.benchmark.tsv",
     params:
         job="methods.dexperts.jobs:ensemble",
-        hparams=lambda w: hparams("dexperts", w.task),
+        hparams=lambda w: canonical(hparams("dexperts", w.task)),
         device=config["device"],
     threads: heavy_threads()
     resources:

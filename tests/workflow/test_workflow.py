@@ -229,7 +229,7 @@ def test_a_misspelt_key_in_a_method_yaml_fails_in_one_line(repo_copy):
 
 
 def test_variant_keyword_generate_does_not_take_fails_in_one_line(repo_copy):
-    """The README's own example, on a copy of `base`: a variant option its generate() has no parameter for."""
+    """docs/adding-a-method.md's own example, on a copy of `base`: a variant option its generate() has no parameter for."""
     mine = repo_copy / "methods" / "my_method"
     shutil.copytree(repo_copy / "methods" / "base", mine)
     spec = yaml.safe_load((mine / "method.yaml").read_text())
@@ -371,6 +371,28 @@ def test_evaluation_settings_never_retrain(repo_copy):
         if line.strip().startswith("output:") and line.strip().endswith("model.json")
     ]
     assert trained == ["results/test/toxicity/quark/seed0/model.json"], trained
+    # the same settings written in another key order (sorted, as yaml.safe_dump writes them, or reversed), with one
+    # evaluation setting changed: Snakemake compares params by their text, so a dict param built in the file's key
+    # order would rerun the base model and every training job
+    config = yaml.safe_load((repo_copy / TEST).read_text())
+    for order, text in {
+        "sorted": yaml.safe_dump(config),
+        "reversed": yaml.safe_dump(reversed_keys(config), sort_keys=False),
+    }.items():
+        (repo_copy / "reordered.yaml").write_text(text)
+        (repo_copy / "change.yaml").write_text(yaml.safe_dump({"eval": {"max_prompts": 7}}))
+        planned = planned_rules(
+            snakemake(repo_copy, "-n", "all", "--configfile", "reordered.yaml", rows, "change.yaml")
+        )
+        assert planned & (TRAINING_RULES | {"base_model"}) == set(), (order, planned)
+        assert {"generate", "evaluate"} <= planned, (order, planned)
+
+
+def reversed_keys(value):
+    """`value` with every dict's keys in reverse order: the same config, written another way."""
+    if isinstance(value, dict):
+        return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
 
 
 def expert_jobs(result) -> list[str]:

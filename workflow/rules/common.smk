@@ -55,7 +55,7 @@ update_config(config, typed(workflow.config_settings.config))
 check_config()
 sys.path.insert(0, workflow.basedir)
 from evaluation.tasks import TASKS as KNOWN_TASKS  # noqa: E402
-from core.config import for_task  # noqa: E402
+from core.config import canonical, for_task  # noqa: E402
 from core.errors import SuiteError  # noqa: E402
 
 

@@ -23,7 +23,7 @@ rule base_model:
         directory(f"{R}/base_model"),
     params:
         spec=config["base_model"],
-        tiny=config.get("tiny_model", {}),
+        tiny=canonical(config.get("tiny_model", {})),
     resources:
         **job_resources("base_model"),
     log:
@@ -40,7 +40,7 @@ rule type_sentiment_prompts:
     output:
         f"{R}/data/sentiment_types.jsonl",
     params:
-        settings=config.get("sentiment_prompts", {}),
+        settings=canonical(config.get("sentiment_prompts", {})),
         device=config["device"],
     threads: heavy_threads()
     resources:
@@ -59,7 +59,7 @@ rule prepare_train_prompts:
     output:
         train=f"{R}/data/{{task}}/train.jsonl",
     params:
-        settings=lambda w: train_data_settings(w.task),
+        settings=lambda w: canonical(train_data_settings(w.task)),
     resources:
         **job_resources("prepare_train_prompts"),
     log:
@@ -74,7 +74,7 @@ rule prepare_eval_prompts:
     output:
         eval=f"{R}/data/{{task}}/eval.jsonl",
     params:
-        settings=lambda w: config["data"][w.task],
+        settings=lambda w: canonical(config["data"][w.task]),
         max_eval_prompts=lambda w: eval_settings(w.task)["max_prompts"],
     resources:
         **job_resources("prepare_eval_prompts"),
@@ -90,8 +90,8 @@ rule prepare_corpus:
     output:
         f"{R}/data/{{task}}/corpus.jsonl",
     params:
-        settings=lambda w: train_data_settings(w.task),
-        scorer=lambda w: scorer_spec(w.task),
+        settings=lambda w: canonical(train_data_settings(w.task)),
+        scorer=lambda w: canonical(scorer_spec(w.task)),
     resources:
         **job_resources("prepare_corpus"),
     log:

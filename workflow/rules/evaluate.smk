@@ -10,8 +10,8 @@ rule evaluate:
         metrics=f"{R}/{{task}}/{{row}}/seed{{seed}}/metrics.json",
         per_prompt=f"{R}/{{task}}/{{row}}/seed{{seed}}/per_prompt.csv",
     params:
-        scorer=lambda w: scorer_spec(w.task),
-        eval=lambda w: eval_settings(w.task),
+        scorer=lambda w: canonical(scorer_spec(w.task)),
+        eval=lambda w: canonical(eval_settings(w.task)),
         device=config["device"],
     threads: heavy_threads()
     resources:

@@ -9,8 +9,8 @@ rule generate:
         f"{R}/{{task}}/{{row}}/seed{{seed}}/generations.jsonl",
     params:
         method=lambda w: split_row(w.row)[0],
-        variant=lambda w: variant_spec(w.row).get("generate", {}),
-        eval=lambda w: eval_settings(w.task),
+        variant=lambda w: canonical(variant_spec(w.row).get("generate", {})),
+        eval=lambda w: canonical(eval_settings(w.task)),
         device=config["device"],
     threads: heavy_threads()
     resources:

@@ -14,9 +14,9 @@ rule base_samples:
         samples=f"{BASE_SAMPLES}/samples.jsonl",
         stats=f"{BASE_SAMPLES}/stats.json",
     params:
-        spec=lambda w: base_samples_spec(w.task),
-        reward=lambda w: config["reward"][w.task],
-        sampling=lambda w: train_sampling(w.task),
+        spec=lambda w: canonical(base_samples_spec(w.task)),
+        reward=lambda w: canonical(config["reward"][w.task]),
+        sampling=lambda w: canonical(train_sampling(w.task)),
         device=config["device"],
     threads: heavy_threads()
     resources:
@@ -42,9 +42,9 @@ rule train:
     params:
         method=lambda w: split_row(w.run)[0],
         launchable=lambda w: METHODS[split_row(w.run)[0]].get("launchable", False),
-        hparams=lambda w: run_hparams(w.run, w.task),
-        reward=lambda w: config["reward"][w.task],
-        sampling=lambda w: train_sampling(w.task),
+        hparams=lambda w: canonical(run_hparams(w.run, w.task)),
+        reward=lambda w: canonical(config["reward"][w.task]),
+        sampling=lambda w: canonical(train_sampling(w.task)),
         device=config["device"],
     threads: heavy_threads()
     resources:
