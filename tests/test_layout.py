@@ -1,4 +1,4 @@
-"""The import direction of README.md, "Architecture": workflow -> methods -> evaluation -> core, nothing pointing back."""
+"""The import direction of docs/architecture.md: workflow -> methods -> evaluation -> core, nothing pointing back."""
 
 from __future__ import annotations
 
