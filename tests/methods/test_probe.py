@@ -120,3 +120,25 @@ def test_the_reward_token_goes_before_the_prompt_or_right_after_it(tiny, tmp_pat
     assert seen["suffix_ids"] == [ids[0]] and "prefix_ids" not in seen
     with pytest.raises(SuiteError, match="'token_position' must be 'start' or 'end', not 'middle'"):
         quark.train(task, path, tmp_path / "bad", {**hparams, "token_position": "middle"}, seed=0, device="cpu")
+
+
+def test_reward_spread_splits_the_variance_between_prompts_and_within_them():
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
+    from reward_spread import spread
+
+    prompts = ["a", "a", "b", "b", "c", "c"]
+    by_prompt = pd.DataFrame({"prompt_id": prompts, "reward": [0.1, 0.1, 0.5, 0.5, 0.9, 0.9]})
+    assert spread(by_prompt) == {"samples": 6, "within_prompt_share": 0.0, "prompt_range": 0.0}
+    by_sample = pd.DataFrame({"prompt_id": prompts, "reward": [0.2, 0.8, 0.8, 0.2, 0.4, 0.6]})
+    assert spread(by_sample)["within_prompt_share"] == pytest.approx(1.0)
+    assert spread(by_sample)["prompt_range"] == pytest.approx(0.6)  # the ranges 0.6, 0.6, 0.2
+    rng = np.random.default_rng(0)
+    mixed = pd.DataFrame({"prompt_id": np.repeat(np.arange(50), 4), "reward": rng.random(200)})
+    r, g = mixed["reward"].to_numpy(), mixed["prompt_id"].to_numpy()
+    within = sum(((r[g == k] - r[g == k].mean()) ** 2).sum() for k in range(50)) / ((r - r.mean()) ** 2).sum()
+    assert spread(mixed)["within_prompt_share"] == pytest.approx(within)

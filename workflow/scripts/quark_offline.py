@@ -10,7 +10,7 @@ No exploration: the policy trains on the task's shared base samples (600 prompts
                                   tokens): mean and per-prompt max of the reward's toxicity (1 - reward), and
                                   perplexity under p0, beside p0's own samples of the same prompts
 
-    python workflow/scripts/quark_offline.py --model results/mini/base_model \
+    .venv/bin/python workflow/scripts/quark_offline.py --model results/mini/base_model \
         --samples results/reference/mini/toxicity/_base_samples/seed0/samples.jsonl \
         --scope prompt --entropy-coef 0.06 --at 60 180 360 --out results/exp/offline/prompt-a006.json
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -30,16 +31,18 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from core.models import load_model
-from core.sampling import Sampling, completion_logits, pack, sample
-from core.speed import adamw, math_attention
-from evaluation.perplexity import conditional_perplexity
-from evaluation.scorers import get_scorer
-from methods.common.base_samples import BaseSamples
-from methods.common.probe import ProbeSample, controllability
-from methods.quark.pool import assign_quantiles, assign_quantiles_within
-from methods.quark.quark import quark_loss
-from methods.quark.state import add_reward_tokens, place_token
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from core.models import load_model  # noqa: E402
+from core.sampling import Sampling, completion_logits, pack, sample  # noqa: E402
+from core.speed import adamw, math_attention  # noqa: E402
+from evaluation.perplexity import conditional_perplexity  # noqa: E402
+from evaluation.scorers import get_scorer  # noqa: E402
+from methods.common.base_samples import BaseSamples  # noqa: E402
+from methods.common.probe import ProbeSample, controllability  # noqa: E402
+from methods.quark.pool import assign_quantiles, assign_quantiles_within  # noqa: E402
+from methods.quark.quark import quark_loss  # noqa: E402
+from methods.quark.state import add_reward_tokens, place_token  # noqa: E402
 
 
 def sampled(model, ref, tokenizer, probe: list[ProbeSample], prefix, draws: int, toxicity, suppress) -> dict:
