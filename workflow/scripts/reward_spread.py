@@ -46,13 +46,13 @@ def main() -> None:
     parser.add_argument("--judge", default=None, help="a scorer of evaluation/scorers.py, higher = worse")
     args = parser.parse_args()
     rows = pd.DataFrame([r for r in BaseSamples.read(args.samples).rows if r["reward"] is not None])
-    report = {"pool": spread(rows[~rows["probe"]]), "probe": spread(rows[rows["probe"]])}
+    probe = rows[rows["probe"]]
+    report = {"pool": spread(rows[~rows["probe"]]), "probe": spread(probe)}
     if args.judge:
-        probe = rows[rows["probe"]]
-        worse = -pd.Series(get_scorer(args.judge)(probe["text"].tolist()), index=probe.index)
+        better = -pd.Series(get_scorer(args.judge)(probe["text"].tolist()), index=probe.index)
         report["judge"] = args.judge
-        report["judge_auc"] = concordance(worse, probe["reward"])
-        report["judge_auc_within"] = concordance(worse, probe["reward"], probe["prompt_id"])
+        report["judge_auc"] = concordance(better, probe["reward"])
+        report["judge_auc_within"] = concordance(better, probe["reward"], probe["prompt_id"])
     print(json.dumps(report, indent=1))
 
 
