@@ -142,3 +142,26 @@ def test_reward_spread_splits_the_variance_between_prompts_and_within_them():
     r, g = mixed["reward"].to_numpy(), mixed["prompt_id"].to_numpy()
     within = sum(((r[g == k] - r[g == k].mean()) ** 2).sum() for k in range(50)) / ((r - r.mean()) ** 2).sum()
     assert spread(mixed)["within_prompt_share"] == pytest.approx(within)
+
+
+def test_the_probes_chance_band_matches_kendalls_null_and_widens_within_prompt():
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
+    from reward_spread import chance_band
+
+    n = 120
+    probe = pd.DataFrame({"prompt_id": np.repeat(np.arange(n // 4), 4), "reward": np.random.default_rng(1).random(n)})
+    band = chance_band(probe, draws=2000)
+    # AUC = (1 + Kendall's tau) / 2 over distinct rewards, and tau's null variance over n items is 2(2n+5) / (9n(n-1));
+    # within prompt it is the mean of 30 independent taus over 4 samples each
+    def sd(items, groups=1):
+        return 0.5 * np.sqrt(2 * (2 * items + 5) / (9 * items * (items - 1)) / groups)
+
+    assert band["auc"][0] == pytest.approx(0.5, abs=0.005)
+    assert band["auc"][1] == pytest.approx(sd(n), rel=0.1)
+    assert band["auc_within"][0] == pytest.approx(0.5, abs=0.01)
+    assert band["auc_within"][1] == pytest.approx(sd(4, n // 4), rel=0.1)
