@@ -15,7 +15,8 @@ No exploration: the policy trains on the task's shared base samples (600 prompts
         --scope prompt --entropy-coef 0.06 --at 60 180 360 --out results/exp/offline/prompt-a006.json
 
 The schedule is the mini profile's (AdamW, lr 1e-4, 10 warm-up steps, batch 16, reward token at the end of the
-prompt) with its linear decay spread over the last `--at` step.
+prompt) with its linear decay spread over the last `--at` step, under bf16 autocast where the hardware runs it
+natively, as the training jobs (`--bf16 auto`; `off` for fp32).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from transformers import get_linear_schedule_with_warmup
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from core.config import native_bf16  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.sampling import Sampling, completion_logits, pack, sample  # noqa: E402
-from core.speed import adamw, math_attention  # noqa: E402
+from core.speed import adamw, autocast_weights, math_attention  # noqa: E402
 from evaluation.perplexity import conditional_perplexity  # noqa: E402
 from evaluation.scorers import get_scorer  # noqa: E402
 from methods.common.base_samples import BaseSamples  # noqa: E402
@@ -76,8 +78,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: if native)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    bf16 = native_bf16() if args.bf16 == "auto" else args.bf16 == "on"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        run(args, bf16)
+
+
+def run(args: argparse.Namespace, bf16: bool) -> None:
 
     math_attention()  # as the training jobs (core/speed.py)
     torch.manual_seed(args.seed)
@@ -93,6 +102,8 @@ def main() -> None:
 
     policy, tokenizer = load_model(args.model)
     ref = load_model(args.model)[0].requires_grad_(False).eval()
+    if bf16:
+        autocast_weights(ref)
     V0 = policy.get_input_embeddings().num_embeddings
     reward_ids = add_reward_tokens(policy, tokenizer, K)
     pad = tokenizer.pad_token_id
@@ -104,7 +115,7 @@ def main() -> None:
     scheduler = get_linear_schedule_with_warmup(optimizer, 10, max(args.at))
     order = np.random.default_rng([args.seed, 0, 1]).permutation(len(train))
     toxicity = get_scorer(args.scorer) if args.samples_per_prompt else None
-    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "pool": len(train), "at": []}
+    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "bf16": bf16, "pool": len(train), "at": []}
     if toxicity is not None and args.p0:
         report["p0_sampled"] = sampled(ref, ref, tokenizer, probe, list, args.samples_per_prompt, toxicity, None)
     window: list[dict] = []
