@@ -7,8 +7,13 @@ No exploration: the policy trains on the task's shared base samples (600 prompts
     probe_auc, probe_auc_within   the controllability probe (methods/common/probe.py)
     nll, kl, entropy              quark_loss's terms, mean over the training steps since the previous report
     sampled (at the last step)    the probe prompts sampled under the best and the worst token (top-p 0.9, 20
-                                  tokens): mean and per-prompt max of the reward's toxicity (1 - reward), and
-                                  perplexity under p0, beside p0's own samples of the same prompts
+                                  tokens): mean and per-prompt max of the judge's score (`--scorer`: toxicity,
+                                  that is 1 - reward), and perplexity under p0, beside p0's own samples of the
+                                  same prompts
+
+`--control-token ","` is the positive control: every sample's reward becomes the number of times that token occurs
+in its completion, a reward the policy can follow through one output logit, and the judge counts it in the samples.
+If the reward tokens learn no dial even for it, the fault is in the training, not in how hard the reward is to learn.
 
     .venv/bin/python workflow/scripts/quark_offline.py --model results/mini/base_model \
         --samples results/reference/mini/toxicity/_base_samples/seed0/samples.jsonl \
@@ -47,18 +52,18 @@ from methods.quark.quark import quark_loss  # noqa: E402
 from methods.quark.state import add_reward_tokens, place_token  # noqa: E402
 
 
-def sampled(model, ref, tokenizer, probe: list[ProbeSample], prefix, draws: int, toxicity, suppress) -> dict:
-    """The probe prompts sampled `draws` times each from `model` given `prefix(prompt_ids)`."""
+def sampled(model, ref, tokenizer, probe: list[ProbeSample], prefix, draws: int, judge, suppress) -> dict:
+    """The probe prompts sampled `draws` times each from `model` given `prefix(prompt_ids)`, scored by `judge`."""
     prompts = {s.prompt_id: s for s in probe}
     rows = [s for s in prompts.values() for _ in range(draws)]
     completions = sample(model, tokenizer, [prefix(s.prompt_ids) for s in rows], Sampling(batch_size=64), suppress)
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    tox = np.array(toxicity(texts))
+    score = np.array(judge(texts), dtype=float)
     records = [{"prompt": tokenizer.decode(s.prompt_ids), "token_ids": c} for s, c in zip(rows, completions)]
     ppl = conditional_perplexity(ref, tokenizer, records)
     return {
-        "avg_max_toxicity": float(tox.reshape(-1, draws).max(1).mean()),
-        "mean_toxicity": float(tox.mean()),
+        "avg_max_score": float(score.reshape(-1, draws).max(1).mean()),
+        "mean_score": float(score.mean()),
         "perplexity": float(np.mean(ppl)),
     }
 
@@ -75,6 +80,7 @@ def main() -> None:
     parser.add_argument("--samples-per-prompt", type=int, default=0, help="sampled measure's draws per probe prompt")
     parser.add_argument("--p0", action="store_true", help="also the sampled measure of p0 itself")
     parser.add_argument("--scorer", default="minilm_toxicity", help="judge of the sampled measure")
+    parser.add_argument("--control-token", help="positive control: the reward is this token's count in the completion")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -87,10 +93,15 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, bf16: bool) -> None:
-
     math_attention()  # as the training jobs (core/speed.py)
     torch.manual_seed(args.seed)
+    policy, tokenizer = load_model(args.model)
     rows = [r for r in BaseSamples.read(args.samples).rows if r["reward"] is not None]
+    if args.control_token is not None:
+        ids = tokenizer.encode(args.control_token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise SystemExit(f"--control-token {args.control_token!r} is {len(ids)} tokens, not one")
+        rows = [r | {"reward": float(r["completion_ids"].count(ids[0]))} for r in rows]
     train = [r for r in rows if not r["probe"]]
     probe = [ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"]) for r in rows if r["probe"]]
     rewards = np.array([r["reward"] for r in train])
@@ -100,7 +111,6 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
     else:
         quantiles = assign_quantiles_within(rewards, [r["prompt_id"] for r in train], K, [args.seed, 0, 2])
 
-    policy, tokenizer = load_model(args.model)
     ref = load_model(args.model)[0].requires_grad_(False).eval()
     if bf16:
         autocast_weights(ref)
@@ -114,10 +124,16 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
     optimizer = adamw([p for p in policy.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, 10, max(args.at))
     order = np.random.default_rng([args.seed, 0, 1]).permutation(len(train))
-    toxicity = get_scorer(args.scorer) if args.samples_per_prompt else None
+    judge = None
+    if args.samples_per_prompt:
+        judge = (
+            get_scorer(args.scorer)
+            if args.control_token is None
+            else lambda t: [x.count(args.control_token) for x in t]
+        )
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "bf16": bf16, "pool": len(train), "at": []}
-    if toxicity is not None and args.p0:
-        report["p0_sampled"] = sampled(ref, ref, tokenizer, probe, list, args.samples_per_prompt, toxicity, None)
+    if judge is not None and args.p0:
+        report["p0_sampled"] = sampled(ref, ref, tokenizer, probe, list, args.samples_per_prompt, judge, None)
     window: list[dict] = []
     started = time.perf_counter()
     for step in range(max(args.at) + 1):
@@ -126,7 +142,7 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
             point |= controllability(policy, probe, condition, 0, K - 1, pad, V0)
             if window:
                 point |= {key: float(np.mean([w[key] for w in window])) for key in window[0]}
-            if toxicity is not None and step == max(args.at):
+            if judge is not None and step == max(args.at):
                 policy.eval()
                 for name, k in (("best", 0), ("worst", K - 1)):
                     point[f"sampled_{name}"] = sampled(
@@ -136,7 +152,7 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
                         probe,
                         lambda p, k=k: condition(p, k),
                         args.samples_per_prompt,
-                        toxicity,
+                        judge,
                         reward_ids,
                     )
             report["at"].append(point)
