@@ -1,4 +1,5 @@
-"""Quark on the tiny model with a synthetic reward: best-token samples must beat round 0 by a wide margin."""
+"""Quark on the tiny model with a synthetic reward: best-token samples must beat round 0, and the worst token's
+samples, by a wide margin."""
 
 import json
 
@@ -40,14 +41,22 @@ def test_quark_raises_the_reward_of_best_token_samples(tiny, tmp_path):
     model, tok = load_model(model_dir)
     meta = json.loads((model_dir / state.META_FILE).read_text())
     ids = encode_prompts(tok, [p.text for p in prompts], 32)
-    prefixes = [[meta["reward_token_ids"][0]] + p for p in ids for _ in range(5)]
-    completions = sample(model, tok, prefixes, Sampling(max_new_tokens=8), meta["reward_token_ids"])
-    scores = np.array(reward([], [], completion_ids=completions))
-    best, stderr = scores.mean(), scores.std(ddof=1) / np.sqrt(len(scores))
+
+    def scored(k: int) -> tuple[np.ndarray, list[list[int]]]:
+        prefixes = [[meta["reward_token_ids"][k]] + p for p in ids for _ in range(5)]
+        completions = sample(model, tok, prefixes, Sampling(max_new_tokens=8), meta["reward_token_ids"])
+        return np.array(reward([], [], completion_ids=completions)), completions
+
+    (best, completions), (worst, _) = scored(0), scored(-1)
+    stderr = best.std(ddof=1) / np.sqrt(len(best))
     # round 0 sits near 0.1 (30 of ~300 tokens); the best-token samples must beat it by 0.08 and by six standard
     # errors of their own mean, which sampling noise cannot produce
     assert round0 < 0.2
-    assert best - round0 > max(0.08, 6 * stderr), (round0, best, stderr)
+    assert best.mean() - round0 > max(0.08, 6 * stderr), (round0, best.mean(), stderr)
+    # and the tokens are a dial: the worst token's samples score well below the best token's (not only training on
+    # its own samples, which would raise both)
+    gap_stderr = np.sqrt(best.var(ddof=1) / len(best) + worst.var(ddof=1) / len(worst))
+    assert best.mean() - worst.mean() > max(0.08, 6 * gap_stderr), (best.mean(), worst.mean(), gap_stderr)
     assert not any(t in meta["reward_token_ids"] for c in completions for t in c)
 
 
