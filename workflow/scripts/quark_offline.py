@@ -14,6 +14,8 @@ No exploration: the policy trains on the task's shared base samples (600 prompts
 `--control-token ","` is the positive control: every sample's reward becomes the number of times that token occurs
 in its completion, a reward the policy can follow through one output logit, and the judge counts it in the samples.
 If the reward tokens learn no dial even for it, the fault is in the training, not in how hard the reward is to learn.
+`--only-reward-tokens` freezes the model but for the reward tokens' embedding rows, which then act as one soft
+prompt per quantile: nothing but the tokens can fit the pool.
 
     .venv/bin/python workflow/scripts/quark_offline.py --model results/mini/base_model \
         --samples results/reference/mini/toxicity/_base_samples/seed0/samples.jsonl \
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--p0", action="store_true", help="also the sampled measure of p0 itself")
     parser.add_argument("--scorer", default="minilm_toxicity", help="judge of the sampled measure")
     parser.add_argument("--control-token", help="positive control: the reward is this token's count in the completion")
+    parser.add_argument("--only-reward-tokens", action="store_true", help="train the reward tokens' rows only")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -121,6 +124,10 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
     def condition(prompt_ids: list[int], k: int) -> list[int]:
         return place_token(prompt_ids, reward_ids[k], "end")
 
+    if args.only_reward_tokens:  # a soft prompt per quantile: the model frozen but for the reward tokens' rows
+        policy.requires_grad_(False)
+        table = policy.get_input_embeddings().weight.requires_grad_(True)
+        table.register_hook(lambda grad: torch.cat([torch.zeros_like(grad[:V0]), grad[V0:]]))
     optimizer = adamw([p for p in policy.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, 10, max(args.at))
     order = np.random.default_rng([args.seed, 0, 1]).permutation(len(train))
