@@ -15,7 +15,8 @@ No exploration: the policy trains on the task's shared base samples (600 prompts
 in its completion, a reward the policy can follow through one output logit, and the judge counts it in the samples.
 If the reward tokens learn no dial even for it, the fault is in the training, not in how hard the reward is to learn.
 `--only-reward-tokens` freezes the model but for the reward tokens' embedding rows, which then act as one soft
-prompt per quantile: nothing but the tokens can fit the pool.
+prompt per quantile: nothing but the tokens can fit the pool. `--reward-token-lr-scale` keeps the whole model
+training and moves the reward tokens' rows that many times further each step (Quark's `reward_token_lr_scale`).
 
     .venv/bin/python workflow/scripts/quark_offline.py --model results/mini/base_model \
         --samples results/reference/mini/toxicity/_base_samples/seed0/samples.jsonl \
@@ -48,6 +49,7 @@ from core.speed import adamw, autocast_weights, math_attention  # noqa: E402
 from evaluation.perplexity import conditional_perplexity  # noqa: E402
 from evaluation.scorers import get_scorer  # noqa: E402
 from methods.common.base_samples import BaseSamples  # noqa: E402
+from methods.common.tokens import rows_step_scaled  # noqa: E402
 from methods.common.probe import ProbeSample, controllability  # noqa: E402
 from methods.quark.pool import assign_quantiles, assign_quantiles_within  # noqa: E402
 from methods.quark.quark import quark_loss  # noqa: E402
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--control-token", help="positive control: the reward is this token's count in the completion")
     parser.add_argument("--only-reward-tokens", action="store_true", help="train the reward tokens' rows only")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--reward-token-lr-scale", type=float, default=1.0, help="the reward rows' step, times the rest's")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: if native)")
@@ -179,7 +182,8 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        with rows_step_scaled(policy.get_input_embeddings().weight, reward_ids, args.reward_token_lr_scale):
+            optimizer.step()
         scheduler.step()
         window.append({key: stats[key] for key in ("nll", "kl", "kl_per_sequence", "entropy")})
         if not math.isfinite(stats["loss"]):
