@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--control-token", help="positive control: the reward is this token's count in the completion")
     parser.add_argument("--only-reward-tokens", action="store_true", help="train the reward tokens' rows only")
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--reward-token-lr-scale", type=float, default=1.0, help="the reward rows' step, times the rest's")
+    parser.add_argument("--reward-token-lr-scale", type=float, default=1.0, help="reward rows' step scale")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: if native)")
