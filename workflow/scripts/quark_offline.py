@@ -17,6 +17,9 @@ If the reward tokens learn no dial even for it, the fault is in the training, no
 `--only-reward-tokens` freezes the model but for the reward tokens' embedding rows, which then act as one soft
 prompt per quantile: nothing but the tokens can fit the pool. `--reward-token-lr-scale` keeps the whole model
 training and moves the reward tokens' rows that many times further each step (Quark's `reward_token_lr_scale`).
+`--train-probe N` adds the same probe on the samples of N training prompts (`train_probe_auc`,
+`train_probe_auc_within`): if the tokens order the samples they were trained on but not the probe split's, they
+learn and do not generalise; if they order neither, the objective does not make them carry the reward at all.
 
     .venv/bin/python workflow/scripts/quark_offline.py --model results/mini/base_model \
         --samples results/reference/mini/toxicity/_base_samples/seed0/samples.jsonl \
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--scorer", default="minilm_toxicity", help="judge of the sampled measure")
     parser.add_argument("--control-token", help="positive control: the reward is this token's count in the completion")
     parser.add_argument("--only-reward-tokens", action="store_true", help="train the reward tokens' rows only")
+    parser.add_argument("--train-probe", type=int, default=0, help="also probe the samples of N training prompts")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--reward-token-lr-scale", type=float, default=1.0, help="reward rows' step scale")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -111,6 +115,13 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
     train = [r for r in rows if not r["probe"]]
     probe = [ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"]) for r in rows if r["probe"]]
     rewards = np.array([r["reward"] for r in train])
+    seen = sorted({r["prompt_id"] for r in train})
+    probed = set(np.random.default_rng([args.seed, 0, 3]).permutation(seen)[: args.train_probe])
+    train_probe = [
+        ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"])
+        for r in train
+        if r["prompt_id"] in probed
+    ]
     K = args.quantiles
     if args.scope == "pool":
         quantiles = assign_quantiles(rewards, K, [args.seed, 0, 2])
@@ -150,6 +161,9 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
         if step in args.at:
             point = {"step": step, "seconds": time.perf_counter() - started}
             point |= controllability(policy, probe, condition, 0, K - 1, pad, V0)
+            if train_probe:
+                trained = controllability(policy, train_probe, condition, 0, K - 1, pad, V0)
+                point |= {f"train_{key}": value for key, value in trained.items()}
             if window:
                 point |= {key: float(np.mean([w[key] for w in window])) for key in window[0]}
             if judge is not None and step == max(args.at):
