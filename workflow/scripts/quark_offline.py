@@ -113,15 +113,12 @@ def run(args: argparse.Namespace, bf16: bool) -> None:
             raise SystemExit(f"--control-token {args.control_token!r} is {len(ids)} tokens, not one")
         rows = [r | {"reward": float(r["completion_ids"].count(ids[0]))} for r in rows]
     train = [r for r in rows if not r["probe"]]
-    probe = [ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"]) for r in rows if r["probe"]]
+    as_probe = lambda r: ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"])  # noqa: E731
+    probe = [as_probe(r) for r in rows if r["probe"]]
     rewards = np.array([r["reward"] for r in train])
-    seen = sorted({r["prompt_id"] for r in train})
-    probed = set(np.random.default_rng([args.seed, 0, 3]).permutation(seen)[: args.train_probe])
-    train_probe = [
-        ProbeSample(r["prompt_id"], r["prompt_ids"], r["completion_ids"], r["reward"])
-        for r in train
-        if r["prompt_id"] in probed
-    ]
+    train_prompts = sorted({r["prompt_id"] for r in train})
+    probed = set(np.random.default_rng([args.seed, 0, 3]).permutation(train_prompts)[: args.train_probe])
+    train_probe = [as_probe(r) for r in train if r["prompt_id"] in probed]
     K = args.quantiles
     if args.scope == "pool":
         quantiles = assign_quantiles(rewards, K, [args.seed, 0, 2])
